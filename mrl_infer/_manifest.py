@@ -45,6 +45,7 @@ class Variant:
     sha256: str | None = None
     parity: dict[str, Any] = field(default_factory=dict)
     notes: str | None = None
+    external_data: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -123,6 +124,7 @@ def parse_manifest(data: dict[str, Any], path: Path) -> Manifest:
             sha256=v.get("sha256"),
             parity=dict(v.get("parity") or {}),
             notes=v.get("notes"),
+            external_data=list(v.get("external_data") or []),
         )
     dims = data.get("matryoshka_dims")
     if dims is not None:

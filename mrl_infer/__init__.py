@@ -1,0 +1,27 @@
+"""mrl_infer: fast, torch-free inference for Matryoshka embedding models.
+
+    >>> from mrl_infer import Embedder
+    >>> emb = Embedder(dim=128)            # the embedded default model, no download
+    >>> vectors = emb.encode(["a text", "another text"])   # [2, 128], L2-normalized
+"""
+
+from mrl_infer._embedder import Embedder
+from mrl_infer._manifest import Manifest, load_manifest
+from mrl_infer._precision import compute_ranges, quantize_embeddings
+from mrl_infer.errors import DeviceError, DimError, InputError, ModelFormatError, MrlInferError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DeviceError",
+    "DimError",
+    "Embedder",
+    "InputError",
+    "Manifest",
+    "ModelFormatError",
+    "MrlInferError",
+    "__version__",
+    "compute_ranges",
+    "load_manifest",
+    "quantize_embeddings",
+]
