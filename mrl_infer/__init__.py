@@ -1,8 +1,8 @@
 """mrl_infer: fast, torch-free inference for Matryoshka embedding models.
 
-    >>> from mrl_infer import Embedder
-    >>> emb = Embedder(dim=128)            # the embedded default model, no download
-    >>> vectors = emb.encode(["a text", "another text"])   # [2, 128], L2-normalized
+>>> from mrl_infer import Embedder
+>>> emb = Embedder(dim=128)            # the embedded default model, no download
+>>> vectors = emb.encode(["a text", "another text"])   # [2, 128], L2-normalized
 """
 
 from mrl_infer._embedder import Embedder

@@ -348,7 +348,9 @@ class Embedder:
             )
         dim = self._check_dim(dim)
         text_prompt = self._resolve_prompt(prompt_name, prompt)
-        return self._iter(texts, batch_size, chunk_size, dim, text_prompt, normalize_embeddings, precision, ranges)
+        return self._iter(
+            texts, batch_size, chunk_size, dim, text_prompt, normalize_embeddings, precision, ranges
+        )
 
     def _iter(
         self,

@@ -44,9 +44,7 @@ class HubModel:
 
         try:
             return Path(
-                hf_hub_download(
-                    self.repo_id, filename, revision=self.revision, cache_dir=self.cache_dir
-                )
+                hf_hub_download(self.repo_id, filename, revision=self.revision, cache_dir=self.cache_dir)
             )
         except EntryNotFoundError as exc:
             if filename == MANIFEST_NAME:

@@ -85,7 +85,7 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], path
     if key not in data:
         raise ModelFormatError(f"{path}: missing required field '{key}'")
     value = data[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise ModelFormatError(f"{path}: field '{key}' has the wrong type ({type(value).__name__})")
     return value
 
