@@ -1,0 +1,195 @@
+"""ONNX steps: trace the wrapper to ONNX, graph-optimize, quantize to int8, convert to fp16."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+#: Opset used when none is given; 17 has LayerNormalization and is supported by every ORT >= 1.14.
+DEFAULT_OPSET = 17
+
+#: HF ``model_type`` -> onnxruntime transformer-optimizer model type, where the optimizer knows the layout.
+ORT_OPTIMIZER_TYPES = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "camembert": "bert",
+    "distilbert": "bert",
+    "electra": "bert",
+    "mpnet": "bert",
+}
+
+OPTIMIZE_LEVELS = ("none", "O1", "O2", "O3", "O4")
+
+#: ``--quantize`` targets -> quantize_dynamic options (see :func:`quantize_int8`).
+QUANTIZE_TARGETS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
+
+
+def export_onnx(
+    graph: torch.nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    input_names: Sequence[str],
+    path: Path,
+    opset: int | None = None,
+) -> None:
+    """Trace ``graph`` with the TorchScript exporter (``dynamo=False``) and write ``path``.
+
+    The dynamo exporter of torch 2.13 needs ``onnxscript``, which is not part of the pinned export set;
+    the TorchScript exporter traces every supported family here. Batch and sequence axes are dynamic.
+    """
+    dynamic_axes: dict[str, dict[int, str]] = {}
+    for name in input_names:
+        dynamic_axes[name] = {0: "batch"} if name == "prompt_length" else {0: "batch", 1: "sequence"}
+    dynamic_axes["sentence_embedding"] = {0: "batch"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph,
+            tuple(example_inputs),
+            str(path),
+            input_names=list(input_names),
+            output_names=["sentence_embedding"],
+            dynamic_axes=dynamic_axes,
+            opset_version=opset or DEFAULT_OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def optimize_fp32(src: Path, dst: Path, model_type: str, level: str, num_heads: int, hidden_size: int) -> str:
+    """Graph-optimize ``src`` into ``dst`` with onnxruntime's transformer optimizer; returns a note.
+
+    ``level``: ``O1`` basic ORT graph optimizations only; ``O2`` plus transformer fusions (attention,
+    LayerNorm, GELU, embedding); ``O3``/``O4`` plus GELU approximation. Architectures the optimizer does
+    not know are copied unchanged (the note says so).
+    """
+    if level == "none":
+        _copy_model(src, dst)
+        return "plain export (no graph optimization)"
+    ort_type = ORT_OPTIMIZER_TYPES.get(model_type)
+    if ort_type is None:
+        _copy_model(src, dst)
+        return f"plain export: onnxruntime's transformer optimizer does not know model_type '{model_type}'"
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opts = FusionOptions(ort_type)
+    if level in ("O3", "O4"):
+        opts.enable_gelu_approximation = True
+    with _quiet():
+        if level == "O1":
+            model = optimize_model(str(src), model_type=ort_type, opt_level=1, only_onnxruntime=True)
+        else:
+            model = optimize_model(
+                str(src),
+                model_type=ort_type,
+                num_heads=num_heads,
+                hidden_size=hidden_size,
+                optimization_options=opts,
+                opt_level=0,
+            )
+        fused = model.get_fused_operator_statistics()
+        model.save_model_to_file(str(dst))
+    fused_str = ", ".join(f"{k}={v}" for k, v in sorted(fused.items()) if v)
+    return f"onnxruntime transformer optimizer {level} ({ort_type}); fused: {fused_str or 'none'}"
+
+
+def detect_quantize_target() -> str:
+    """The ``--quantize`` target matching this CPU (used for ``auto``)."""
+    import platform
+
+    machine = platform.machine().lower()
+    if machine in ("arm64", "aarch64"):
+        return "arm64"
+    flags = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line
+                break
+    if "avx512_vnni" in flags or "avx512vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def quantize_options(target: str) -> dict[str, Any]:
+    """quantize_dynamic options for a CPU target.
+
+    Weights QInt8 per channel, activations QUInt8 (u8s8). On x86 without VNNI (avx2, avx512) ORT's u8s8 GEMM
+    uses VPMADDUBSW, whose 16-bit intermediate can saturate, so the weights use a reduced 7-bit range there.
+    """
+    from onnxruntime.quantization import QuantType
+
+    if target == "auto":
+        target = detect_quantize_target()
+    if target not in QUANTIZE_TARGETS:
+        raise ValueError(f"unknown quantize target {target!r}; expected one of {QUANTIZE_TARGETS}")
+    return {
+        "target": target,
+        "weight_type": QuantType.QInt8,
+        "per_channel": True,
+        "reduce_range": target in ("avx2", "avx512"),
+    }
+
+
+def quantize_int8(src: Path, dst: Path, target: str) -> str:
+    """Dynamic int8 quantization of MatMul/Attention/Gemm weights of ``src`` into ``dst``; returns a note."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    opts = quantize_options(target)
+    with _quiet():
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=["MatMul", "Attention", "Gemm"],
+            per_channel=opts["per_channel"],
+            reduce_range=opts["reduce_range"],
+            weight_type=opts["weight_type"],
+            extra_options={"MatMulConstBOnly": True},
+        )
+    return (
+        f"dynamic int8 ({opts['target']}): weights {opts['weight_type'].name} per-channel, "
+        f"reduce_range={opts['reduce_range']}, activations QUInt8; MatMul/Attention/Gemm quantized"
+    )
+
+
+def convert_fp16(src: Path, dst: Path) -> str:
+    """fp16 weights and compute, fp32 inputs/outputs (keep_io_types), for CUDA; returns a note."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    with _quiet():
+        model16 = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    onnx.save_model(model16, str(dst))
+    return "fp16 weights/compute for CUDA; inputs and output keep fp32 I/O (keep_io_types=True)"
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    model = onnx.load(str(src))
+    onnx.save_model(model, str(dst))
+
+
+@contextlib.contextmanager
+def _quiet():  # type: ignore[no-untyped-def]
+    """Silence onnxruntime tool logging/warnings for the duration of a step."""
+    loggers = [logging.getLogger(n) for n in ("onnxruntime", "onnxruntime.transformers", "root")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels, strict=True):
+            lg.setLevel(lvl)
