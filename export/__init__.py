@@ -17,7 +17,7 @@ from typing import Any
 
 from mrl_export._errors import ExportError
 
-__all__ = ["DEFAULT_OPTIMIZE", "DEFAULT_VARIANTS", "ExportError", "export"]
+__all__ = ["DEFAULT_ATOL", "DEFAULT_OPTIMIZE", "DEFAULT_VARIANTS", "ExportError", "export"]
 
 DEFAULT_VARIANTS: tuple[str, ...] = ("fp32", "int8")
 #: Chosen by measurement on the 2-core dev box (docs/export.md): the plain export was faster than O2/O3.
