@@ -1,0 +1,100 @@
+"""The quality tool's metrics against scipy and hand-computed references on small inputs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrl_infer import _quality as q
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_rankdata_average_ties() -> None:
+    assert q.rankdata(np.array([10, 20, 20, 5])).tolist() == [2.0, 3.5, 3.5, 1.0]
+    assert q.rankdata(np.array([1.0, 1.0, 1.0])).tolist() == [2.0, 2.0, 2.0]
+
+
+def test_spearman_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = rng.normal(size=50)
+        y = x + rng.normal(size=50)
+        y[::7] = y[0]  # ties
+        x[::5] = np.round(x[::5], 1)
+        assert q.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_spearman_hand_values() -> None:
+    assert q.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert q.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # d = [0, -1, 1] -> rho = 1 - 6*2/(3*8) = 0.5
+    assert q.spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+
+
+def test_ndcg_and_recall_hand_values() -> None:
+    ranked = [["a", "b", "c"], ["x", "y", "z"], ["p", "q", "r"]]
+    rel = [{"b"}, {"x", "z"}, {"s"}]
+    n1 = 1 / math.log2(3)
+    n2 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    assert q.ndcg_at_k(ranked, rel, k=10) == pytest.approx((n1 + n2 + 0.0) / 3)
+    # k cuts: only the first doc counts
+    assert q.ndcg_at_k(ranked, rel, k=1) == pytest.approx((0 + 1 / (1) + 0) / 3 * 1.0)
+    assert q.recall_at_k(ranked, rel, k=2) == pytest.approx((1 + 0.5 + 0) / 3)
+    assert q.recall_at_k(ranked, rel, k=100) == pytest.approx((1 + 1 + 0) / 3)
+    # queries without judgements are skipped
+    assert q.recall_at_k([["a"]], [set()], k=1) != q.recall_at_k([["a"]], [set()], k=1)  # nan
+
+
+def test_top_k_matches_full_sort() -> None:
+    rng = np.random.default_rng(1)
+    qe = q.truncate(rng.normal(size=(7, 16)), 16)
+    de = q.truncate(rng.normal(size=(40, 16)), 16)
+    got = q.top_k(qe, de, 5, chunk=3)
+    want = np.argsort(-(qe @ de.T), axis=1, kind="stable")[:, :5]
+    assert (got == want).all()
+
+
+def test_truncate_renormalizes() -> None:
+    e = np.array([[3.0, 4.0, 12.0]])
+    t = q.truncate(e, 2)
+    assert t.shape == (1, 2)
+    assert np.allclose(t, [[0.6, 0.8]])
+
+
+def test_evaluate_encoder_with_a_toy_encoder(tmp_path: Path) -> None:
+    """End to end with a deterministic encoder: perfect retrieval, perfect STS ranking at full dim."""
+    texts = ["a b", "c d", "e f", "g h"]
+    table = {t: np.eye(4)[i] for i, t in enumerate(texts)}
+
+    def encode(xs: list[str]) -> np.ndarray:
+        return np.stack([table[x] for x in xs])
+
+    sts = q.StsData(["a b", "a b", "c d"], ["a b", "c d", "c d"], np.array([5.0, 0.0, 4.0]))
+    ret = q.RetrievalData(["q0"], ["a b"], ["d0", "d1"], ["c d", "a b"], {"q0": {"d1"}})
+    rows = q.evaluate_encoder(encode, [4], sts=sts, retrieval=ret, model="toy", variant="fp32")
+    assert rows[0]["ndcg@10"] == pytest.approx(100.0)
+    assert rows[0]["recall@100"] == pytest.approx(100.0)
+    assert rows[0]["stsb_spearman"] == pytest.approx(100.0 * q.spearman([1.0, 0.0, 1.0], [5.0, 0.0, 4.0]))
+    table_md = q.format_table(rows)
+    assert "| toy | fp32 | 4 |" in table_md
+
+
+def test_load_sts_keeps_quotes(tmp_path: Path) -> None:
+    p = tmp_path / "x.tsv"
+    p.write_text('sentence1\tsentence2\tscore\n"Hi," he said.\tHello\t4.5\n', encoding="utf-8")
+    d = q.load_sts(p)
+    assert d.s1 == ['"Hi," he said.'] and d.s2 == ["Hello"] and d.scores.tolist() == [4.5]
+
+
+def test_committed_subset_and_retrieval_set_load() -> None:
+    d = q.load_sts(DATA / "stsb_dev_subset.tsv")
+    assert len(d.s1) == 300 and d.scores.min() >= 0 and d.scores.max() <= 5
+    r = q.load_retrieval(q.DEFAULT_RETRIEVAL_DIR)
+    assert len(r.queries) == 1681 and len(r.docs) == 5000
+    assert sum(len(v) for v in r.qrels.values()) == 1784
+    assert all(d in set(r.doc_ids) for v in r.qrels.values() for d in v)
