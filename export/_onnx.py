@@ -49,7 +49,7 @@ def export_onnx(
     for name in input_names:
         dynamic_axes[name] = {0: "batch"} if name == "prompt_length" else {0: "batch", 1: "sequence"}
     dynamic_axes["sentence_embedding"] = {0: "batch"}
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), traceable_masks():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             graph,
@@ -62,6 +62,40 @@ def export_onnx(
             do_constant_folding=True,
             dynamo=False,
         )
+
+
+@contextlib.contextmanager
+def traceable_masks():  # type: ignore[no-untyped-def]
+    """Swap transformers' vmap-based attention-mask builders for vectorized ones while tracing.
+
+    transformers >= 4.53 builds decoder masks (Qwen3, Gemma3, ...) with ``torch.vmap``, which the
+    TorchScript tracer cannot record (``RuntimeError: unordered_map::at``). optimum-onnx's model patcher
+    does the same swap; we reuse its vmap-free functions and restore the originals afterwards.
+    """
+    try:
+        import transformers.masking_utils as mu
+        from optimum.exporters.onnx.model_patcher import (
+            eager_mask_without_vmap,
+            find_packed_sequence_indices_patched,
+            sdpa_mask_without_vmap,
+        )
+    except ImportError:  # older transformers: masks are traceable as they are
+        yield
+        return
+    registry = mu.ALL_MASK_ATTENTION_FUNCTIONS
+    saved = {k: registry[k] for k in ("sdpa", "eager") if k in registry}
+    saved_find = getattr(mu, "find_packed_sequence_indices", None)
+    registry.register("sdpa", sdpa_mask_without_vmap)
+    registry.register("eager", eager_mask_without_vmap)
+    if saved_find is not None:
+        mu.find_packed_sequence_indices = find_packed_sequence_indices_patched
+    try:
+        yield
+    finally:
+        for k, fn in saved.items():
+            registry.register(k, fn)
+        if saved_find is not None:
+            mu.find_packed_sequence_indices = saved_find
 
 
 def optimize_fp32(src: Path, dst: Path, model_type: str, level: str, num_heads: int, hidden_size: int) -> str:
