@@ -264,7 +264,9 @@ def evaluate(
     sts_path = _resolve_sts(data_dir, split)
     sts = load_sts(sts_path) if sts_path else None
     rdir = Path(retrieval_dir) if retrieval_dir else DEFAULT_RETRIEVAL_DIR
-    retrieval = load_retrieval(rdir) if (rdir / "qrels.tsv.gz").exists() or (rdir / "qrels.tsv").exists() else None
+    retrieval = (
+        load_retrieval(rdir) if (rdir / "qrels.tsv.gz").exists() or (rdir / "qrels.tsv").exists() else None
+    )
     if sts is None and retrieval is None:
         raise FileNotFoundError(
             f"no evaluation data: STS-B {split}.tsv not under {data_dir or DEFAULT_DATA_DIR} "
@@ -281,7 +283,9 @@ def evaluate(
         use_dims = list(dims) if dims else list(emb.dims)
 
         def encode(texts: list[str], _emb: Any = emb) -> np.ndarray:
-            return _emb.encode(texts, batch_size=batch_size, normalize_embeddings=False, show_progress_bar=False)
+            return _emb.encode(
+                texts, batch_size=batch_size, normalize_embeddings=False, show_progress_bar=False
+            )
 
         rows += evaluate_encoder(
             encode, use_dims, sts=sts, retrieval=retrieval, model=str(model), variant=variant

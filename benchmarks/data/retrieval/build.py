@@ -23,7 +23,7 @@ def build(src: Path, out: Path) -> tuple[int, int, int]:
     corpus: dict[str, str] = {}
     queries: dict[str, str] = {}
     qrels: list[tuple[str, str]] = []
-    for s1, s2, _label, _genre, _src in val:
+    for _s1, s2, _label, _genre, _src in val:
         if s2 not in corpus:
             corpus[s2] = f"d{len(corpus)}"
     for s1, s2, label, _genre, _src in val:
