@@ -122,7 +122,7 @@ def run_export(
             ref = ref_model.encode(
                 texts,
                 prompt=prompt or None,
-                batch_size=16,
+                batch_size=32,
                 convert_to_numpy=True,
                 normalize_embeddings=False,
                 show_progress_bar=False,

@@ -187,6 +187,7 @@ def make_tiny_st_model(
     pooling_mode: str | tuple[str, ...] | None = None,
     include_prompt: bool = True,
     dense: Sequence[tuple[int, str]] = (),
+    layer_norm: bool = False,
     normalize: bool = True,
     prompts: dict[str, str] | None = None,
     default_prompt_name: str | None = None,
@@ -196,7 +197,8 @@ def make_tiny_st_model(
     """Save a tiny random ST model of ``family`` to ``out_dir`` and return it.
 
     ``dense`` lists Dense layers as (out_features, activation) with activation "identity" or "tanh"
-    (EmbeddingGemma: two identity Dense layers). Pooling defaults: mean; lasttoken for qwen3.
+    (EmbeddingGemma: two identity Dense layers); ``layer_norm`` appends an ST LayerNorm module.
+    Pooling defaults: mean; lasttoken for qwen3.
     """
     import torch
     from sentence_transformers import SentenceTransformer
@@ -229,6 +231,14 @@ def make_tiny_st_model(
         activation = torch.nn.Tanh() if act == "tanh" else torch.nn.Identity()
         modules.append(Dense(dim, out_features, bias=act == "tanh", activation_function=activation))
         dim = out_features
+    if layer_norm:  # nomic-embed-text-v1.5 style LayerNorm module before truncation
+        from sentence_transformers.sentence_transformer.modules import LayerNorm
+
+        ln = LayerNorm(dim)
+        with torch.no_grad():
+            ln.norm.weight.uniform_(0.5, 1.5)
+            ln.norm.bias.uniform_(-0.1, 0.1)
+        modules.append(ln)
     if normalize:
         modules.append(Normalize())
     st = SentenceTransformer(

@@ -131,20 +131,31 @@ def compare(ref: np.ndarray, got: np.ndarray, dims: Sequence[int]) -> dict[str, 
     return out
 
 
+def load_tokenizer(tokenizer_json: Path, max_seq_length: int) -> Any:
+    """``tokenizers.Tokenizer`` from tokenizer.json with truncation on and padding off (runtime settings)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    tok.no_padding()
+    tok.enable_truncation(max_seq_length)
+    return tok
+
+
 def tokenize(
-    tokenizer_json: Path,
+    tokenizer_json: Path | Any,
     texts: Sequence[str],
     max_seq_length: int,
     padding_side: str,
     pad_token_id: int,
     input_names: Sequence[str],
 ) -> Tokenized:
-    """Tokenize as the runtime does: tokenizer.json, truncation to max_seq_length, own padding."""
-    from tokenizers import Tokenizer
+    """Tokenize as the runtime does: tokenizer.json, truncation to max_seq_length, own padding.
 
-    tok = Tokenizer.from_file(str(tokenizer_json))
-    tok.no_padding()
-    tok.enable_truncation(max_seq_length)
+    ``tokenizer_json`` is a path or a tokenizer from :func:`load_tokenizer`.
+    """
+    tok = tokenizer_json
+    if isinstance(tok, Path):
+        tok = load_tokenizer(tok, max_seq_length)
     encs = tok.encode_batch(list(texts))
     ids = [list(e.ids) for e in encs]
     type_ids = [list(e.type_ids) for e in encs]
@@ -183,10 +194,11 @@ def run_onnx(
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    tokenizer = load_tokenizer(tokenizer_json, max_seq_length)
     outs: list[np.ndarray] = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
-        tok = tokenize(tokenizer_json, chunk, max_seq_length, padding_side, pad_token_id, input_names)
+        tok = tokenize(tokenizer, chunk, max_seq_length, padding_side, pad_token_id, input_names)
         feed: dict[str, Any] = dict(tok.arrays)
         if "prompt_length" in input_names:
             feed["prompt_length"] = np.full((len(chunk),), prompt_length or 0, dtype=np.int64)

