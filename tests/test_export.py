@@ -32,6 +32,17 @@ def _minilm_path() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Any:
+    """Tiny models run far faster single-threaded on a shared CPU (thread contention dominates)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def minilm_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     src = _minilm_path()
