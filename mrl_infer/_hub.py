@@ -46,6 +46,12 @@ class HubModel:
             return Path(
                 hf_hub_download(self.repo_id, filename, revision=self.revision, cache_dir=self.cache_dir)
             )
+        # LocalEntryNotFoundError subclasses EntryNotFoundError: it must come first.
+        except LocalEntryNotFoundError as exc:
+            raise ModelFormatError(
+                f"'{self.repo_id}' ({filename}) is not a local directory and is not in the Hugging Face "
+                f"cache, and the Hub cannot be reached (HF_HUB_OFFLINE or no network): {exc}"
+            ) from exc
         except EntryNotFoundError as exc:
             if filename == MANIFEST_NAME:
                 raise ModelFormatError(
@@ -60,11 +66,6 @@ class HubModel:
             ) from exc
         except RevisionNotFoundError as exc:
             raise ModelFormatError(f"Hub repo '{self.repo_id}' has no revision '{self.revision}'") from exc
-        except LocalEntryNotFoundError as exc:
-            raise ModelFormatError(
-                f"'{self.repo_id}' ({filename}) is not a local directory and is not in the Hugging Face "
-                f"cache, and the Hub cannot be reached (HF_HUB_OFFLINE or no network): {exc}"
-            ) from exc
 
     def snapshot(self, files: list[str]) -> Path:
         """Fetch ``files`` (manifest first) and return the local snapshot directory holding them."""
