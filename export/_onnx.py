@@ -29,6 +29,9 @@ ORT_OPTIMIZER_TYPES = {
 
 OPTIMIZE_LEVELS = ("none", "O1", "O2", "O3", "O4")
 
+#: Graphs with more weight bytes than this keep them in ``<file>.data`` (protobuf's limit is 2 GiB).
+LARGE_BYTES = 1_800_000_000
+
 #: ``--quantize`` targets -> quantize_dynamic options (see :func:`quantize_int8`).
 QUANTIZE_TARGETS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
 
@@ -39,12 +42,15 @@ def export_onnx(
     input_names: Sequence[str],
     path: Path,
     opset: int | None = None,
-) -> None:
+) -> bool:
     """Trace ``graph`` with the TorchScript exporter (``dynamo=False``) and write ``path``.
 
     The dynamo exporter of torch 2.13 needs ``onnxscript``, which is not part of the pinned export set;
     the TorchScript exporter traces every supported family here. Batch and sequence axes are dynamic.
+    ``path`` should be alone in its folder: for models over 2 GiB torch writes one file per tensor next to
+    it, which are gathered into ``<name>.data``. Returns whether the graph uses external data.
     """
+    weight_bytes = sum(t.numel() * t.element_size() for t in graph.state_dict().values())
     dynamic_axes: dict[str, dict[int, str]] = {}
     for name in input_names:
         dynamic_axes[name] = {0: "batch"} if name == "prompt_length" else {0: "batch", 1: "sequence"}
@@ -62,6 +68,40 @@ def export_onnx(
             do_constant_folding=True,
             dynamo=False,
         )
+    external = weight_bytes > LARGE_BYTES or len(list(path.parent.iterdir())) > 1
+    if external:
+        save_model(onnx.load(str(path)), path, external=True)
+        for stray in path.parent.iterdir():
+            if stray.name not in (path.name, path.name + ".data"):
+                stray.unlink()
+    return external
+
+
+def save_model(model: onnx.ModelProto, path: Path, external: bool) -> None:
+    """Save ``model``; with ``external`` all weights go to one ``<name>.data`` file beside it."""
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    if external:
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(model, str(path))
+
+
+def uses_external_data(path: Path) -> list[str]:
+    """External data files referenced by the graph at ``path`` (file names, relative to its folder)."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = {ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)}
+    return sorted(names)
 
 
 @contextlib.contextmanager
@@ -98,7 +138,15 @@ def traceable_masks():  # type: ignore[no-untyped-def]
             mu.find_packed_sequence_indices = saved_find
 
 
-def optimize_fp32(src: Path, dst: Path, model_type: str, level: str, num_heads: int, hidden_size: int) -> str:
+def optimize_fp32(
+    src: Path,
+    dst: Path,
+    model_type: str,
+    level: str,
+    num_heads: int,
+    hidden_size: int,
+    external: bool = False,
+) -> str:
     """Graph-optimize ``src`` into ``dst`` with onnxruntime's transformer optimizer; returns a note.
 
     ``level``: ``O1`` basic ORT graph optimizations only; ``O2`` plus transformer fusions (attention,
@@ -106,11 +154,11 @@ def optimize_fp32(src: Path, dst: Path, model_type: str, level: str, num_heads: 
     not know are copied unchanged (the note says so).
     """
     if level == "none":
-        _copy_model(src, dst)
+        _copy_model(src, dst, external)
         return "plain export (no graph optimization)"
     ort_type = ORT_OPTIMIZER_TYPES.get(model_type)
     if ort_type is None:
-        _copy_model(src, dst)
+        _copy_model(src, dst, external)
         return f"plain export: onnxruntime's transformer optimizer does not know model_type '{model_type}'"
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
@@ -131,7 +179,7 @@ def optimize_fp32(src: Path, dst: Path, model_type: str, level: str, num_heads: 
                 opt_level=0,
             )
         fused = model.get_fused_operator_statistics()
-        model.save_model_to_file(str(dst))
+        model.save_model_to_file(str(dst), use_external_data_format=external)
     fused_str = ", ".join(f"{k}={v}" for k, v in sorted(fused.items()) if v)
     return f"onnxruntime transformer optimizer {level} ({ort_type}); fused: {fused_str or 'none'}"
 
@@ -176,7 +224,7 @@ def quantize_options(target: str) -> dict[str, Any]:
     }
 
 
-def quantize_int8(src: Path, dst: Path, target: str) -> str:
+def quantize_int8(src: Path, dst: Path, target: str, external: bool = False) -> str:
     """Dynamic int8 quantization of MatMul/Attention/Gemm weights of ``src`` into ``dst``; returns a note."""
     from onnxruntime.quantization import quantize_dynamic
 
@@ -189,7 +237,8 @@ def quantize_int8(src: Path, dst: Path, target: str) -> str:
             per_channel=opts["per_channel"],
             reduce_range=opts["reduce_range"],
             weight_type=opts["weight_type"],
-            extra_options={"MatMulConstBOnly": True},
+            use_external_data_format=external,
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     return (
         f"dynamic int8 ({opts['target']}): weights {opts['weight_type'].name} per-channel, "
@@ -197,20 +246,19 @@ def quantize_int8(src: Path, dst: Path, target: str) -> str:
     )
 
 
-def convert_fp16(src: Path, dst: Path) -> str:
+def convert_fp16(src: Path, dst: Path, external: bool = False) -> str:
     """fp16 weights and compute, fp32 inputs/outputs (keep_io_types), for CUDA; returns a note."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
     with _quiet():
         model16 = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
-    onnx.save_model(model16, str(dst))
+    save_model(model16, dst, external)
     return "fp16 weights/compute for CUDA; inputs and output keep fp32 I/O (keep_io_types=True)"
 
 
-def _copy_model(src: Path, dst: Path) -> None:
-    model = onnx.load(str(src))
-    onnx.save_model(model, str(dst))
+def _copy_model(src: Path, dst: Path, external: bool = False) -> None:
+    save_model(onnx.load(str(src)), dst, external)
 
 
 @contextlib.contextmanager

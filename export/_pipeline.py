@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -164,9 +165,10 @@ def run_export(
         example_inputs = [torch.from_numpy(example[n]) for n in input_names if n != "prompt_length"]
         if "prompt_length" in input_names:
             example_inputs.append(torch.tensor([1, 2], dtype=torch.int64))
-        raw = work / "_raw.onnx"
+        (work / "_raw").mkdir()
+        raw = work / "_raw" / "model.onnx"
         try:
-            _onnx.export_onnx(graph, example_inputs, input_names, raw, opset)
+            external = _onnx.export_onnx(graph, example_inputs, input_names, raw, opset)
         except Exception as exc:
             raise ExportError(f"torch.onnx.export failed for {config.get('model_type')}: {exc}") from exc
         del graph, trace_model, tt, tp, tpost
@@ -182,8 +184,8 @@ def run_export(
         fp32_path = work / files.get("fp32", "_fp32.onnx")
         t0 = time.perf_counter()
         step(f"optimize fp32 ({optimize})")
-        notes["fp32"] = _onnx.optimize_fp32(raw, fp32_path, model_type, optimize, num_heads, hidden)
-        raw.unlink()
+        notes["fp32"] = _onnx.optimize_fp32(raw, fp32_path, model_type, optimize, num_heads, hidden, external)
+        shutil.rmtree(work / "_raw")
         done("optimize", t0)
         for v in variants:
             if v == "fp32":
@@ -191,14 +193,15 @@ def run_export(
             t0 = time.perf_counter()
             step(f"build {v}")
             if v == "int8":
-                notes[v] = (
-                    _onnx.quantize_int8(fp32_path, work / files[v], quantize) + f"; base: {notes['fp32']}"
-                )
+                notes[v] = _onnx.quantize_int8(fp32_path, work / files[v], quantize, external)
+                notes[v] += f"; base: {notes['fp32']}"
             else:
-                notes[v] = _onnx.convert_fp16(fp32_path, work / files[v]) + f"; base: {notes['fp32']}"
+                notes[v] = _onnx.convert_fp16(fp32_path, work / files[v], external)
+                notes[v] += f"; base: {notes['fp32']}"
             done(f"build_{v}", t0)
         if "fp32" not in variants:
             fp32_path.unlink()
+            fp32_path.with_name(fp32_path.name + ".data").unlink(missing_ok=True)
 
         # 7. verification
         parity: dict[str, dict[str, Any]] = {v: {} for v in variants}
@@ -241,6 +244,7 @@ def run_export(
                 sha256=_metadata.sha256_file(work / files[v]),
                 parity=parity[v],
                 notes=notes[v],
+                external_data=_onnx.uses_external_data(work / files[v]),
             )
             for v in variants
         }

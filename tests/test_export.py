@@ -324,3 +324,24 @@ def test_spearman_matches_scipy() -> None:
     a = rng.normal(size=200)
     b = np.round(a + rng.normal(size=200), 1)  # ties
     assert _verify.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+
+
+def test_large_model_external_data(tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graphs over the 2 GiB protobuf limit keep weights in <file>.data (forced here by a zero threshold)."""
+    from mrl_export import _onnx
+
+    monkeypatch.setattr(_onnx, "LARGE_BYTES", 0)
+    out = tmp_path / "out"
+    manifest = mrl_export.export(tiny_bert, out, variants=("fp32", "int8", "fp16"), show_progress=False)
+    for v in manifest["variants"].values():
+        assert v["external_data"] == [v["file"] + ".data"]
+        assert (out / v["external_data"][0]).stat().st_size > 100_000
+        assert v["parity"]["dims"]["32"]["min_cosine"] > 0.99
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".onnx", ".data")) == [
+        "model.onnx",
+        "model.onnx.data",
+        "model_fp16.onnx",
+        "model_fp16.onnx.data",
+        "model_int8.onnx",
+        "model_int8.onnx.data",
+    ]
