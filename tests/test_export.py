@@ -345,3 +345,24 @@ def test_large_model_external_data(tmp_path: Path, tiny_bert: Path, monkeypatch:
         "model_int8.onnx",
         "model_int8.onnx.data",
     ]
+
+
+def test_hub_id_from_local_cache(tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Hub id resolves through huggingface_hub's cache (offline); the commit is recorded as revision."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-bert"
+    shutil.copytree(tiny_bert, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    manifest = mrl_export.export(
+        "tiny-org/tiny-bert", tmp_path / "out", variants=("fp32",), show_progress=False
+    )
+    assert manifest["source"]["model"] == "tiny-org/tiny-bert"
+    assert manifest["source"]["revision"] == commit
+    assert manifest["name"] == "tiny-bert"
