@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -93,7 +94,7 @@ class JobSummary:
     format: str
     rows: int
     skipped: int
-    truncated: int
+    truncated: int | None
     seconds: float
     rows_this_run: int
     resumed_at: int = 0
@@ -112,7 +113,8 @@ class JobSummary:
             f"({self.rows_per_s:.1f} rows/s"
             + (f"; resumed at row {self.resumed_at}" if self.resumed_at else "")
             + ")",
-            f"truncated inputs: {self.truncated}",
+            "truncated inputs: "
+            + ("not counted by this engine" if self.truncated is None else str(self.truncated)),
             f"skipped rows: {self.skipped}"
             + (f" (listed in {self.skipped_file})" if self.skipped_file else ""),
         ]
@@ -170,8 +172,26 @@ def _make_embedder(kwargs: dict[str, Any]) -> Any:
     return Embedder(**kwargs)
 
 
+def _exit_with_parent() -> None:
+    """End this worker when the main process dies, even by SIGKILL (which leaves no chance to clean up)."""
+    parent = os.getppid()
+    with contextlib.suppress(Exception):  # Linux: the kernel delivers SIGKILL when the parent dies
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    def watch() -> None:  # elsewhere: notice being re-parented
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mrl-embed-parent-watch").start()
+
+
 def _init_worker(kwargs: dict[str, Any]) -> None:
     global _WORKER_EMBEDDER
+    _exit_with_parent()
     _WORKER_EMBEDDER = _make_embedder(kwargs)
 
 

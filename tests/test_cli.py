@@ -1,0 +1,260 @@
+"""``mrl-embed`` end to end with the real exported MiniLM: embed, kill -9 / --resume, info, eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrl_infer.cli import main
+
+pq = pytest.importorskip("pyarrow.parquet")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, stdin: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run(
+        [sys.executable, "-m", "mrl_infer.cli", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def _lines(n: int) -> list[str]:
+    """Short, varied, deterministic texts (quick to embed, different lengths)."""
+    words = ["river", "stone", "light", "paper", "garden", "winter", "engine", "music", "harbor", "cloud"]
+    return [" ".join(words[(i * 7 + k) % 10] for k in range(1 + i % 9)) + f" {i}" for i in range(n)]
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(_lines(1200)) + "\n", encoding="utf-8")
+    return path
+
+
+def _base(model: Path) -> list[str]:
+    return ["--model", str(model), "--variant", "int8", "--dim", "64", "--chunk-size", "32", "-q"]
+
+
+def test_embed_npy_and_jsonl_and_stdin(tmp_path: Path, minilm_model_dir: Path) -> None:
+    from mrl_infer import Embedder
+
+    a = tmp_path / "a.txt"
+    a.write_text("first\n\nthird\n", encoding="utf-8")
+    b = tmp_path / "b.jsonl"
+    b.write_text('{"text": "fourth", "id": "x4"}\n{"text": "fifth", "id": "x5"}\n', encoding="utf-8")
+    r = _cli("embed", str(a), str(b), "-o", str(tmp_path / "o.npy"), *_base(minilm_model_dir))
+    assert r.returncode == 0, r.stderr.decode()
+    err = r.stderr.decode()
+    assert (
+        "wrote 5 rows" in err
+        and "rows/s" in err
+        and "truncated inputs: 0" in err
+        and "skipped rows: 0" in err
+    )
+    emb = Embedder(minilm_model_dir, dim=64, variant="int8")
+    want = emb.encode(["first", "", "third", "fourth", "fifth"])  # one chunk: same bits as the job
+    assert np.array_equal(np.load(tmp_path / "o.npy"), want)
+
+    r = _cli(
+        "embed",
+        "-",
+        "-o",
+        str(tmp_path / "s.jsonl"),
+        "--input-format",
+        "jsonl",
+        "--id-field",
+        "id",
+        *_base(minilm_model_dir),
+        stdin=b.read_bytes(),
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in rows] == ["x4", "x5"]
+    assert np.allclose([x["embedding"] for x in rows], emb.encode(["fourth", "fifth"]), atol=1e-6)
+
+
+def test_embed_errors_are_clear(tmp_path: Path, minilm_model_dir: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"txt": "typo"}\n', encoding="utf-8")
+    out = tmp_path / "o.npy"
+    r = _cli("embed", str(bad), "-o", str(out), *_base(minilm_model_dir))
+    assert r.returncode == 2
+    assert f"{bad}:2: no field 'text' (fields present: 'txt')" in r.stderr.decode()
+    assert not out.exists()
+    r = _cli("embed", str(bad), "-o", str(out), "--on-error", "skip", *_base(minilm_model_dir))
+    assert r.returncode == 0 and "skipped rows: 1" in r.stderr.decode()
+    assert np.load(out).shape == (1, 64)
+    skipped = json.loads((tmp_path / "o.npy.skipped.jsonl").read_text())
+    assert skipped == {
+        "file": str(bad),
+        "line": 2,
+        "index": 1,
+        "reason": "no field 'text' (fields present: 'txt')",
+    }
+    r = _cli("embed", str(bad), "-o", str(out), *_base(minilm_model_dir))
+    assert r.returncode == 2 and "already exists; pass --overwrite" in r.stderr.decode()
+    r = _cli("embed", str(tmp_path / "nope.txt"), "-o", str(tmp_path / "x.npy"), *_base(minilm_model_dir))
+    assert r.returncode == 2 and "nope.txt: no such file" in r.stderr.decode()
+
+
+def _state_rows(workdir: Path) -> int:
+    try:
+        return int(json.loads((workdir / "state.json").read_text())["rows"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def _run_until(args: list[str], workdir: Path, min_rows: int | None, delay: float = 0.0) -> None:
+    """Start the CLI and SIGKILL it once the checkpoint holds ``min_rows`` rows (or after ``delay`` s)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    log = workdir.parent / "killed.log"
+    with open(log, "wb") as err:  # a file, not a pipe: nothing can hold it open after the kill
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mrl_infer.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        deadline = time.monotonic() + 240
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if min_rows is None:
+                    time.sleep(delay)
+                    break
+                if _state_rows(workdir) >= min_rows:
+                    break
+                time.sleep(0.01)
+        finally:
+            kids = _children(proc.pid)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode in (0, -signal.SIGKILL), log.read_text()
+    _wait_gone(kids)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _wait_gone(pids: list[int], timeout: float = 20) -> None:
+    """Worker processes must not outlive a killed job (they would hold its pipes and CPU)."""
+    deadline = time.monotonic() + timeout
+    while any(Path(f"/proc/{p}").exists() and "Z" not in _state(p) for p in pids):
+        assert time.monotonic() < deadline, "a worker of the killed job is still alive"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+@pytest.mark.parametrize("fmt,extra", [("npy", []), ("parquet", ["--include-text", "--workers", "2"])])
+def test_kill9_then_resume_is_identical(
+    tmp_path: Path, corpus: Path, minilm_model_dir: Path, fmt: str, extra: list[str]
+) -> None:
+    common = [str(corpus), *_base(minilm_model_dir), "--checkpoint-seconds", "0", *extra]
+    ref = tmp_path / f"ref.{fmt}"
+    r = _cli("embed", *common, "-o", str(ref))
+    assert r.returncode == 0, r.stderr.decode()
+
+    out = tmp_path / f"out.{fmt}"
+    workdir = tmp_path / f"out.{fmt}.mrl-job"
+    args = ["embed", *common, "-o", str(out)]
+    _run_until(args, workdir, None, delay=0.3)  # during start-up, before any checkpoint
+    assert not out.exists()
+    _run_until([*args, "--resume"], workdir, 64)  # after a couple of checkpoints
+    assert not out.exists() and _state_rows(workdir) >= 64
+    first = _state_rows(workdir)
+    _run_until([*args, "--resume"], workdir, first + 300)  # resumed, then killed again further on
+    assert not out.exists()
+    r = _cli(*args)  # a plain rerun refuses to clobber the interrupted job
+    assert r.returncode == 2 and "--resume" in r.stderr.decode()
+    r = _cli(*args, "--resume", "--batch-size", "16")
+    assert r.returncode == 2 and "options.batch_size: 32 -> 16" in r.stderr.decode()
+    r = _cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "resumed at row" in r.stderr.decode() and "wrote 1200 rows" in r.stderr.decode()
+    assert not workdir.exists()
+    if fmt == "npy":
+        assert out.read_bytes() == ref.read_bytes()
+    else:
+        assert pq.read_table(out).equals(pq.read_table(ref))
+        assert out.read_bytes() == ref.read_bytes()
+
+
+def test_info(minilm_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mrl_infer._manifest import load_manifest
+
+    assert main(["info", str(minilm_model_dir)]) == 0
+    out = capsys.readouterr().out
+    m = load_manifest(minilm_model_dir)
+    assert f"matryoshka dims:  {', '.join(map(str, m.dims))}" in out
+    for name, v in m.variants.items():
+        assert f"{name:<6} precision={v.precision} target={v.target} file={v.file}" in out
+        for key in v.parity:
+            assert f"{key}=" in out
+    assert "MiB)" in out and "CPUExecutionProvider" in out
+
+
+def test_info_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(tmp_path)]) == 2
+    assert "mrl_infer.json" in capsys.readouterr().err
+
+
+def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "embed,info,eval" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["embed", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--resume", "--overwrite", "--on-error", "--workers", "--id-field", "--column", "--engine"):
+        assert flag in out
+
+
+def test_eval(
+    tmp_path: Path,
+    minilm_model_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    quality = pytest.importorskip("mrl_infer._quality")
+    monkeypatch.setattr(quality, "DEFAULT_RETRIEVAL_DIR", tmp_path / "no-retrieval")
+    lines = (REPO / "tests" / "data" / "stsb_dev_subset.tsv").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "test.tsv").write_text("\n".join(lines[:81]) + "\n", encoding="utf-8")
+    assert (
+        main(
+            ["eval", str(minilm_model_dir), "--dims", "64,32", "--variants", "int8", "--data", str(tmp_path)]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| model | variant | dim |" in out
+    assert out.count("| int8 |") == 2
