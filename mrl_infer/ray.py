@@ -158,7 +158,7 @@ def _read(files: list[str], text_field: str, id_field: str | None) -> Any:
         )
     columns = [text_field] + ([id_field] if id_field and id_field != text_field else [])
     if formats == {"parquet"}:
-        return ray.data.read_parquet(files, columns=columns)
+        return ray.data.read_parquet(files).select_columns(columns)
     ds = ray.data.read_json(files, lines=True)
     return ds.select_columns(columns)
 
