@@ -1,0 +1,228 @@
+"""How mrl_infer's throughput and memory grow with batch size, input length and corpus size.
+
+    python -m benchmarks.scaling --precision int8 [--corpus-sizes 10000,30000,100000] [--quick]
+
+Each point runs in a fresh process (so peak RSS is that point's own). Input length: texts of exactly
+N tokens (special tokens included). Points up to MiniLM's max_seq_length (256) run mrl_infer; 384 and
+512 (the position-embedding limit) run the bare onnxruntime loop on the same graph, since mrl_infer
+caps inputs at the model's max_seq_length. Corpus size: the corpus cycled to N texts, streamed with
+``encode_iter`` (bounded memory). Writes ``<out>/scaling.json``, ``scaling.md`` and ``scaling.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import corpus as corpus_mod
+from benchmarks import models
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rss_mb() -> float:
+    """Peak resident set size of this process so far, MB.
+
+    VmHWM, not ru_maxrss: a child's ru_maxrss starts at the parent's peak (fork), VmHWM is reset by exec.
+    """
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def exact_length_texts(tok_path: Path, n_tokens: int, count: int) -> list[str]:
+    """``count`` distinct texts of exactly ``n_tokens`` tokens, [CLS] and [SEP] included."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tok_path))
+    words = corpus_mod.SAMPLE.read_text(encoding="utf-8").split()
+    out = []
+    rng = np.random.default_rng(n_tokens)
+    for _ in range(count):
+        s = int(rng.integers(0, len(words) - 2 * n_tokens))
+        text = " ".join(words[s : s + n_tokens])
+        ids = tok.encode(text).ids[1 : n_tokens - 1]
+        out.append(tok.decode(ids))
+    return out
+
+
+def point(kind: str, value: int, precision: str, ours: Path, texts_file: Path, passes: int) -> dict:
+    """One measurement, in this process (called in a child by :func:`main`)."""
+    texts = texts_file.read_text(encoding="utf-8").splitlines()
+    if kind == "length" and value > 256:
+        encode = _bare_long(ours, precision)  # truncation at the position limit (512), not 256
+        bs = 32
+    else:
+        from mrl_infer import Embedder
+
+        emb = Embedder(ours, variant=precision, device="cpu")
+        bs = value if kind == "batch" else 32
+
+        def encode(t: list[str], b: int) -> np.ndarray:
+            if kind == "corpus":
+                rows = 0
+                for block in emb.encode_iter(t, batch_size=b, chunk_size=4096):
+                    rows += len(block)
+                return np.empty((rows, 0))
+            return emb.encode(t, batch_size=b, show_progress_bar=False)
+
+    rss0 = _rss_mb()
+    encode(texts[: min(len(texts), 4 * bs)], bs)  # warm-up
+    times = []
+    for _ in range(1 if kind == "corpus" else passes):
+        t = time.perf_counter()
+        out = encode(texts, bs)
+        times.append(time.perf_counter() - t)
+    assert len(out) == len(texts)
+    med = float(np.median(times))
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(ours / "tokenizer.json"))
+    tok.enable_truncation(max_length=512 if kind == "length" else 256)
+    sample = texts[:20000]
+    mean_tok = float(np.mean([len(e.ids) for e in tok.encode_batch(sample)]))
+    return {
+        "kind": kind,
+        "value": value,
+        "texts": len(texts),
+        "batch_size": bs,
+        "sent_s": round(len(texts) / med, 1),
+        "tok_s": round(len(texts) * mean_tok / med, 1),
+        "mean_tokens": round(mean_tok, 1),
+        "seconds": round(med, 2),
+        "rss_after_load_mb": round(rss0, 1),
+        "peak_rss_mb": round(_rss_mb(), 1),
+        "load": round(os.getloadavg()[0], 2),
+    }
+
+
+def _bare_long(ours: Path, precision: str):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(ours / "tokenizer.json"))
+    tok.enable_truncation(max_length=512)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    sess = ort.InferenceSession(str(ours / models.OUR_FILES[precision]), providers=["CPUExecutionProvider"])
+
+    def encode(t: list[str], bs: int) -> np.ndarray:
+        out = []
+        for i in range(0, len(t), bs):
+            enc = tok.encode_batch(t[i : i + bs])
+            ids = np.array([e.ids for e in enc], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            out.append(sess.run(None, feeds)[0])
+        return np.concatenate(out)
+
+    return encode
+
+
+def plot(points: list[dict], path: Path, precision: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [("batch", "batch size", "sent_s"), ("length", "tokens per text", "tok_s"),
+             ("corpus", "corpus size (texts)", "sent_s")]  # fmt: skip
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for col, (kind, xlabel, metric) in enumerate(kinds):
+        pts = sorted((p for p in points if p["kind"] == kind), key=lambda p: p["value"])
+        if not pts:
+            continue
+        x = [p["value"] for p in pts]
+        axes[0, col].plot(x, [p[metric] for p in pts], "o-")
+        axes[0, col].set_ylabel("sentences/s" if metric == "sent_s" else "tokens/s")
+        axes[1, col].plot(x, [p["peak_rss_mb"] for p in pts], "o-", color="C1")
+        axes[1, col].set_ylabel("peak RSS (MB)")
+        for ax in axes[:, col]:
+            ax.set_xscale("log", base=2 if kind != "corpus" else 10)
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+        if kind == "length":
+            for ax in axes[:, col]:
+                ax.axvline(256, ls="--", color="grey")
+                ax.text(256, ax.get_ylim()[1], " max_seq_length", va="top", fontsize=8)
+    fig.suptitle(f"mrl_infer scaling, all-MiniLM-L6-v2 {precision}, CPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def markdown(points: list[dict], precision: str) -> str:
+    lines = [f"mrl_infer scaling (all-MiniLM-L6-v2 {precision}; lengths > 256 run the bare loop)", "",
+             "| axis | value | texts | batch | sent/s | tok/s | peak RSS MB | load |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for p in points:
+        lines.append(
+            f"| {p['kind']} | {p['value']} | {p['texts']} | {p['batch_size']} | {p['sent_s']:.0f} | "
+            f"{p['tok_s']:.0f} | {p['peak_rss_mb']:.0f} | {p['load']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--precision", default="int8")
+    p.add_argument("--batch-sizes", default="1,8,32,128,512")
+    p.add_argument("--lengths", default="16,32,64,128,256,384,512")
+    p.add_argument("--corpus-sizes", default="10000,30000,100000")
+    p.add_argument("--texts", type=int, default=2000, help="texts per batch-size point")
+    p.add_argument("--length-texts", type=int, default=256)
+    p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--ours", type=Path, default=models.DEFAULT_WORK)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--point", nargs=3, metavar=("KIND", "VALUE", "TEXTS_FILE"), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    ours = models.ensure_ours(a.ours)
+    if a.point:
+        print(json.dumps(point(a.point[0], int(a.point[1]), a.precision, ours, Path(a.point[2]), a.passes)))
+        return 0
+    if a.quick:
+        a.batch_sizes, a.lengths, a.corpus_sizes, a.texts, a.length_texts, a.passes = (
+            "1,32", "16,512", "200", 64, 16, 1)  # fmt: skip
+    tmp = a.out / ".tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    base, _ = corpus_mod.load()
+    plan: list[tuple[str, int, list[str]]] = []
+    for b in a.batch_sizes.split(","):
+        plan.append(("batch", int(b), corpus_mod.load(None, a.texts)[0]))
+    for n in a.lengths.split(","):
+        plan.append(("length", int(n), exact_length_texts(ours / "tokenizer.json", int(n), a.length_texts)))
+    for n in a.corpus_sizes.split(","):
+        plan.append(("corpus", int(n), [base[i % len(base)] for i in range(int(n))]))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
+    points = []
+    for kind, value, texts in plan:
+        f = tmp / f"scaling_{kind}_{value}.txt"
+        f.write_text("\n".join(texts) + "\n", encoding="utf-8")
+        cmd = [sys.executable, "-m", "benchmarks.scaling", "--precision", a.precision, "--passes",
+               str(a.passes), "--ours", str(ours), "--point", kind, str(value), str(f)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+        if proc.returncode:
+            print(f"{kind}={value}: failed\n{proc.stderr[-1500:]}", file=sys.stderr)
+            continue
+        pt = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{kind}={value}: {pt['sent_s']} sent/s, {pt['peak_rss_mb']} MB", file=sys.stderr)
+        points.append(pt)
+    a.out.mkdir(parents=True, exist_ok=True)
+    name = "scaling" if not a.quick else "scaling_quick"
+    (a.out / f"{name}.json").write_text(json.dumps({"precision": a.precision, "points": points}, indent=1))
+    (a.out / f"{name}.md").write_text(markdown(points, a.precision))
+    plot(points, a.out / f"{name}.png", a.precision)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
