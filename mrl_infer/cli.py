@@ -180,17 +180,35 @@ def format_info(model_dir: Path) -> str:
             f"  {name:<6} precision={v.precision} target={v.target} file={v.file} ({_human_size(size)})"
         )
         if v.parity:
-            lines.append("         parity: " + ", ".join(f"{k}={_fmt_value(x)}" for k, x in v.parity.items()))
+            lines += _parity_lines(v.parity)
         if v.notes:
             lines.append(f"         notes: {v.notes}")
     extra_parity = m.extra.get("parity")
     if extra_parity:
         lines.append(f"parity:           {extra_parity}")
-    if m.source:
-        lines.append("source:           " + ", ".join(f"{k}={_fmt_value(x)}" for k, x in m.source.items()))
+    if m.source:  # the scalar facts only; hashes and timings stay in the manifest
+        keys = ("model", "revision", "model_type", "exported_at")
+        lines.append("source:           " + ", ".join(f"{k}={m.source[k]}" for k in keys if k in m.source))
     providers = ", ".join(ort.get_available_providers())
     lines.append(f"onnxruntime:      {ort.__version__}; providers available: {providers}")
     return "\n".join(lines)
+
+
+def _parity_lines(parity: dict[str, Any], indent: str = "         ") -> list[str]:
+    """Parity figures: scalars on one line, then one line per entry of nested tables (e.g. per dim)."""
+    flat = {k: v for k, v in parity.items() if not isinstance(v, dict)}
+    out = [indent + "parity: " + ", ".join(f"{k}={_fmt_value(v)}" for k, v in flat.items())] if flat else []
+    for key, table in parity.items():
+        if not isinstance(table, dict):
+            continue
+        if all(isinstance(v, dict) for v in table.values()):
+            for sub, v in table.items():
+                out.append(
+                    f"{indent}  {key} {sub}: " + ", ".join(f"{k}={_fmt_value(x)}" for k, x in v.items())
+                )
+        else:
+            out.append(f"{indent}  {key}: {_fmt_value(table)}")
+    return out
 
 
 def _fmt_value(x: Any) -> str:
