@@ -76,7 +76,7 @@ class JobOptions:
     input_format: str | None = None
     output_format: str | None = None
     include_text: bool = False
-    workers: int = 1
+    workers: int | str = 1
     threads: int | None = None
     resume: bool = False
     overwrite: bool = False
@@ -129,6 +129,22 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+# Inputs smaller than this are embedded by one worker: starting more costs more than it saves.
+_AUTO_WORKERS_MIN_BYTES = 1 << 20
+
+
+def resolve_workers(workers: int | str, files: list[str]) -> int:
+    """``auto``: two processes on a machine with 2+ cores, unless the input is small (see docs/cli.md)."""
+    if workers != "auto":
+        return int(workers)
+    cores = available_cores()
+    if cores < 2:
+        return 1
+    if STDIN not in files and sum(os.path.getsize(f) for f in files) < _AUTO_WORKERS_MIN_BYTES:
+        return 1
+    return 2
 
 
 def worker_threads(workers: int, threads: int | None = None) -> int | None:
@@ -249,6 +265,27 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_RUNTIME_MODULES = ("_embedder.py", "_session.py", "_tokenize.py", "_precision.py")
+
+
+def _runtime_identity() -> dict[str, Any]:
+    """The code that computes the vectors: a resume under another version could change the bits."""
+    import onnxruntime
+
+    import mrl_infer
+
+    h = hashlib.sha256()
+    for name in _RUNTIME_MODULES:
+        path = Path(mrl_infer.__file__).parent / name
+        if path.exists():
+            h.update(path.read_bytes())
+    return {
+        "mrl_infer": mrl_infer.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "code_sha256": h.hexdigest(),
+    }
+
+
 def _fingerprint(opts: JobOptions, files: list[str], emb: Any, fmt: str) -> dict[str, Any]:
     """What must not change between a run and its resume: inputs, model, and every numeric option."""
     inputs = []
@@ -269,6 +306,7 @@ def _fingerprint(opts: JobOptions, files: list[str], emb: Any, fmt: str) -> dict
             "variant": emb.variant,
             "variant_file_size": variant_path.stat().st_size if variant_path.exists() else None,
             "device": emb.device,
+            "runtime": _runtime_identity(),
         },
         "options": {
             "dim": int(emb.dim),
@@ -347,10 +385,11 @@ class _Job:
     def __init__(self, opts: JobOptions, embedder: Any | None) -> None:
         if opts.on_error not in ("fail", "skip"):
             raise InputError(f"--on-error must be 'fail' or 'skip', got {opts.on_error!r}")
-        if opts.batch_size < 1 or opts.chunk_size < 1 or opts.workers < 1:
+        self.files = expand_inputs(opts.inputs, opts.input_format)
+        opts = dataclasses.replace(opts, workers=resolve_workers(opts.workers, self.files))
+        if opts.batch_size < 1 or opts.chunk_size < 1 or int(opts.workers) < 1:
             raise InputError("--batch-size, --chunk-size and --workers must be >= 1")
         self.opts = opts
-        self.files = expand_inputs(opts.inputs, opts.input_format)
         self.fmt = output_format(opts.output, opts.output_format)
         if opts.include_text and self.fmt == "npy":
             raise InputError("--include-text needs a Parquet or JSONL output; .npy holds only the embeddings")

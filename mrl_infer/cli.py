@@ -22,6 +22,10 @@ def _positive(value: str) -> int:
     return n
 
 
+def _workers(value: str) -> int | str:
+    return "auto" if value == "auto" else _positive(value)
+
+
 def _add_embed(sub: Any) -> None:
     p = sub.add_parser(
         "embed",
@@ -82,9 +86,10 @@ def _add_embed(sub: Any) -> None:
     )
     p.add_argument(
         "--workers",
-        type=_positive,
-        default=1,
-        help="processes embedding in parallel, the cores split between them (default 1; see docs/cli.md)",
+        type=_workers,
+        default="auto",
+        help="processes embedding in parallel, the cores split between them; auto (default): 2 on a "
+        "machine with 2+ cores unless the input is under 1 MiB (see docs/cli.md)",
     )
     p.add_argument(
         "--threads", type=_positive, help="ONNX Runtime threads per worker (default: cores / workers)"

@@ -210,7 +210,7 @@ def embed_files(args: argparse.Namespace) -> Any:
     # (an actor pool holding every CPU starves them: the job would hang); ONNX Runtime threads
     # split the cores between the actors.
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    actors = args.workers if args.workers and args.workers > 1 else max(1, cpus - 1)
+    actors = int(args.workers) if args.workers not in (None, "auto") else max(1, cpus - 1)
     threads = args.threads or max(1, cpus // actors)
     common = {
         "column": text_field,
