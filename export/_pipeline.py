@@ -50,7 +50,8 @@ def run_export(
 
     from mrl_infer._manifest import Manifest, TokenizerInfo, Variant, write_manifest
 
-    bar = _progress(6 + len(variants) * (2 if validate else 1), show_progress)
+    n_builds = len([v for v in variants if v != "fp32"])
+    bar = _progress(7 + n_builds + (len(variants) if validate else 0), show_progress)
     timings: dict[str, float] = {}
 
     def step(desc: str) -> None:
