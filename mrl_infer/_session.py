@@ -14,6 +14,9 @@ from mrl_infer.errors import DeviceError, ModelFormatError
 
 logger = logging.getLogger("mrl_infer")
 
+#: Session config entries for CPU sessions (see benchmarks/ for the measurements behind each).
+CPU_CONFIG: dict[str, str] = {}
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
@@ -77,6 +80,9 @@ class OnnxSession:
         opts.intra_op_num_threads = threads or physical_cores()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if kind == "cpu":
+            for key, value in CPU_CONFIG.items():
+                opts.add_session_config_entry(key, value)
         if kind == "cuda":
             providers: list[str | tuple[str, dict[str, object]]] = [
                 (CUDA, {"device_id": device_id}),
