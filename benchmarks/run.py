@@ -111,7 +111,8 @@ def run_worker(py: str, system: str, precision: str, args: argparse.Namespace, p
         "--batch-sizes", args.batch_sizes, "--passes", str(args.passes), "--b1-texts", str(args.b1_texts),
         "--parity-texts", str(args.parity_texts), "--parity-out", str(parity_out),
     ]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
+    # TOKENIZERS_PARALLELISM is left as the user has it: each library tokenizes with its own defaults.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     load_before = os.getloadavg()[0]
     busy = busy_processes({os.getpid()})
     cmd += ["--spawned", repr(time.time())]
@@ -172,12 +173,13 @@ def markdown(report: dict) -> str:
             return f"{x['sent_s']:.0f} ({x['sent_s_min']:.0f}–{x['sent_s_max']:.0f})"
 
         b32 = b.get("32", {})
+        one = f"{b['1']['sent_s']:.0f}" if "1" in b else "–"
         g = b32.get("gflop_s")
         gcell = f"{g:.0f} ({100 * g / peak:.0f}%)" if g else "–"
         cos = r.get("min_cos_vs_torch")
         lines.append(
             f"| {LABELS.get(r['system'], r['system'])} | {r['precision']} | "
-            f"{b['1']['sent_s']:.0f} | {cell('32')} | {b32.get('tok_s', 0):.0f} | {cell('128')} | {gcell} | "
+            f"{one} | {cell('32')} | {b32.get('tok_s', 0):.0f} | {cell('128')} | {gcell} | "
             f"{r['cold_start_s']:.2f} | {r['import_s']:.2f} | {b32.get('peak_rss_mb', 0):.0f} | "
             f"{'–' if cos is None else f'{cos:.5f}'} | {r['load_before']:.2f}→{r['load_after']:.2f} |"
         )
@@ -227,10 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--name", default="latest")
     p.add_argument("--no-gemm", action="store_true")
+    p.add_argument("--batch-sizes", help="override, e.g. 1,32,128")
+    p.add_argument("--b1-texts", type=int, help="texts per pass at batch size 1")
     a = p.parse_args(argv)
     a.device = "cuda" if a.cuda else "cpu"
-    a.batch_sizes = "128,512" if a.cuda else "1,32,128"
-    a.b1_texts = 100 if a.quick else 400
+    a.batch_sizes = a.batch_sizes or ("128,512" if a.cuda else "1,32,128")
+    a.b1_texts = a.b1_texts or (100 if a.quick else 400)
     n_texts = a.texts or (500 if a.quick else None)
     if a.cuda:
         a.systems, a.precisions = "mrl_infer,st_torch", "fp16"

@@ -1,0 +1,79 @@
+"""Smoke test of the benchmark harness: every runner works and agrees with PyTorch (no timing asserts)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import corpus, models, run
+
+
+def test_corpus_generator_is_deterministic_and_long_tailed() -> None:
+    a, b = corpus.generate(500), corpus.generate(500)
+    assert a == b
+    words = np.array([len(t.split()) for t in a])
+    assert words.min() >= 5 and words.max() <= 120 and 15 <= np.median(words) <= 30
+
+
+def test_flops_formula() -> None:
+    # 6 layers x 2 x (4 h^2 + 2 h i) = 21.2 MFLOP per token, plus attention
+    assert models.flops_per_text(1) == pytest.approx(6 * (2 * (4 * 384**2 + 2 * 384 * 1536) + 4 * 384))
+
+
+def test_harness_smoke(minilm_model_dir: Path, tmp_path: Path) -> None:
+    """Tiny corpus, one pass: mrl_infer, the bare loop, sentence-transformers (torch and ONNX), FastEmbed
+    where importable; each runner in its own process, parity checked against PyTorch."""
+    pytest.importorskip("sentence_transformers")
+    texts = corpus.generate(12)
+    f = tmp_path / "corpus.txt"
+    f.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    systems = ["mrl_infer", "bare", "st_onnx", "st_torch"]
+    if run.find_bench_python(None) is not None:
+        systems.append("fastembed")
+    rc = run.main([
+        "--corpus", str(f), "--ours", str(minilm_model_dir), "--out", str(tmp_path / "out"),
+        "--systems", ",".join(systems), "--precisions", "fp32", "--passes", "1", "--parity-texts", "12",
+        "--batch-sizes", "1,4", "--b1-texts", "3", "--no-gemm",
+    ])  # fmt: skip
+    report = json.loads((tmp_path / "out" / "latest.json").read_text())
+    errors = [r for r in report["results"] if "error" in r]
+    assert rc == 0 and not errors, errors
+    assert {r["system"] for r in report["results"]} == set(systems)
+    for r in report["results"]:
+        assert r["batches"]["4"]["texts"] == len(texts)
+        assert r["min_cos_vs_torch"] > 0.9999, (r["system"], r["min_cos_vs_torch"])
+    assert "| mrl_infer | fp32 |" in (tmp_path / "out" / "latest.md").read_text()
+
+
+def test_peer_graph_is_our_graph_cut_before_pooling(minilm_model_dir: Path) -> None:
+    """The transformer-only graph the peers run gives our pooled embedding after mean pooling (int8 too)."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    peer = models.ensure_peer(minilm_model_dir)
+    tok = Tokenizer.from_file(str(minilm_model_dir / "tokenizer.json"))
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    enc = tok.encode_batch(corpus.generate(6))
+    ids = np.array([e.ids for e in enc], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    for precision in ("fp32", "int8"):
+        ours = ort.InferenceSession(str(minilm_model_dir / models.OUR_FILES[precision]))
+        theirs = ort.InferenceSession(str(peer / models.PEER_FILES[precision]))
+        pooled = ours.run(None, feeds)[0]
+        hidden = theirs.run(["last_hidden_state"], feeds)[0]
+        m = mask[..., None]
+        np.testing.assert_allclose((hidden * m).sum(1) / m.sum(1), pooled, atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fastembed") is None, reason="fastembed is not installed")
+def test_fastembed_runner_in_process(minilm_model_dir: Path) -> None:
+    from benchmarks.worker import load_system
+
+    peer = models.ensure_peer(minilm_model_dir)
+    encode, _ = load_system("fastembed", "fp32", minilm_model_dir, peer, "cpu")
+    assert encode(corpus.generate(3), 2).shape == (3, 384)
