@@ -19,6 +19,10 @@ from mrl_infer._jobs import JobOptions, run_job  # noqa: E402
 from mrl_infer.cli import main  # noqa: E402
 
 
+# Starting Ray and its actors takes ~1 min on 2 cores: CI runs these with the slow suites.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[Any]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
