@@ -18,7 +18,6 @@ pa = pytest.importorskip("pyarrow")
 from mrl_infer._jobs import JobOptions, run_job  # noqa: E402
 from mrl_infer.cli import main  # noqa: E402
 
-
 # Starting Ray and its actors takes ~1 min on 2 cores: CI runs these with the slow suites.
 pytestmark = pytest.mark.slow
 
