@@ -34,6 +34,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     metrics = [m for m in metrics if any(r.get(m[0]) is not None for r in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.6), squeeze=False)
     keys = list(dict.fromkeys((r["model"], r["variant"]) for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    colors = {m: f"C{i}" for i, m in enumerate(models)}
     for ax, (metric, label) in zip(axes[0], metrics, strict=True):
         for model, variant in keys:
             pts = sorted(
@@ -43,7 +45,14 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
             if not pts:
                 continue
             style = "-" if variant in ("fp32", "") else "--"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=f"{model} ({variant})")
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                style,
+                color=colors[model],
+                marker="o" if style == "-" else "s",
+                label=f"{model} ({variant})",
+            )
         ax.set_xscale("log", base=2)
         dims = sorted({r["dim"] for r in rows})
         ax.set_xticks(dims)

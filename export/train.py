@@ -320,7 +320,8 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
         got = onnx.encode(texts, dim=dim)
         measured[str(dim)] = float((got * truncate(ref, dim)).sum(axis=1).min())
     manifest_min = min(float(d["min_cosine"]) for d in variant["parity"]["dims"].values())
-    floor = round(manifest_min - 1e-3, 6)
+    # Int8 kernels differ slightly across CPUs (AVX2 vs VNNI): 0.005 below the manifest's figure.
+    floor = round(manifest_min - 5e-3, 6)
     if min(measured.values()) < floor:
         raise SystemExit(f"reference texts min cosine {measured} below the manifest's {manifest_min}")
     np.save(REPO / "tests/data/default_model_reference_emb.npy", ref)

