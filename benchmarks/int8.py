@@ -56,15 +56,18 @@ def build(option: str, ours: Path, root: Path) -> Path:
     return out
 
 
-def _calibration_feeds(ours: Path, n: int = 256, batch: int = 32) -> list[dict]:
-    """Padded feeds of ``n`` benchmark-corpus texts (not STS-B, which is the quality test)."""
+def _calibration_feeds(ours: Path, n: int = 256, batch: int = 32, width: int = 128) -> list[dict]:
+    """Feeds of ``n`` benchmark-corpus texts (not STS-B, the quality test), all padded to ``width``.
+
+    One width for every batch: the Percentile/Entropy calibrators stack activations across batches.
+    """
     from tokenizers import Tokenizer
 
     texts, _ = corpus_mod.load()
     texts = texts[-n:]
     tok = Tokenizer.from_file(str(ours / "tokenizer.json"))
-    tok.enable_truncation(max_length=256)
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    tok.enable_truncation(max_length=width)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=width)
     feeds = []
     for i in range(0, len(texts), batch):
         enc = tok.encode_batch(texts[i : i + batch])

@@ -102,30 +102,64 @@ def find_bench_python(explicit: str | None) -> str | None:
     return None
 
 
-def run_worker(py: str, system: str, precision: str, args: argparse.Namespace, paths: dict) -> dict:
-    parity_out = paths["tmp"] / f"parity_{system}_{precision}.npy"
-    cmd = [
-        py, "-m", "benchmarks.worker",
-        "--system", system, "--precision", precision, "--device", args.device,
-        "--ours", str(paths["ours"]), "--peer", str(paths["peer"]), "--corpus", str(paths["corpus"]),
-        "--batch-sizes", args.batch_sizes, "--passes", str(args.passes), "--b1-texts", str(args.b1_texts),
-        "--parity-texts", str(args.parity_texts), "--parity-out", str(parity_out),
-    ]  # fmt: skip
-    # TOKENIZERS_PARALLELISM is left as the user has it: each library tokenizes with its own defaults.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    load_before = os.getloadavg()[0]
-    busy = busy_processes({os.getpid()})
-    cmd += ["--spawned", repr(time.time())]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    if proc.returncode:
-        tail = (proc.stderr or proc.stdout)[-2000:]
-        return {"system": system, "precision": precision, "error": tail}
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    res["load_before"] = round(load_before, 2)
-    res["load_after"] = round(os.getloadavg()[0], 2)
-    res["busy_before"] = busy
-    res["parity_file"] = str(parity_out)
-    return res
+class Worker:
+    """One system in its own process, driven pass by pass (see ``benchmarks.worker --serve``)."""
+
+    def __init__(self, py: str, system: str, precision: str, args: argparse.Namespace, paths: dict) -> None:
+        self.system, self.precision = system, precision
+        self.parity_out = paths["tmp"] / f"parity_{system}_{precision}.npy"
+        self.log = paths["tmp"] / f"worker_{system}_{precision}.log"
+        cmd = [
+            py, "-m", "benchmarks.worker", "--serve",
+            "--system", system, "--precision", precision, "--device", args.device,
+            "--ours", str(paths["ours"]), "--peer", str(paths["peer"]), "--corpus", str(paths["corpus"]),
+            "--batch-sizes", args.batch_sizes, "--passes", str(args.passes), "--b1-texts", str(args.b1_texts),
+            "--parity-texts", str(args.parity_texts), "--parity-out", str(self.parity_out),
+        ]  # fmt: skip
+        # TOKENIZERS_PARALLELISM is left as the user has it: each library tokenizes with its own defaults.
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+        self.loads: list[float] = [os.getloadavg()[0]]
+        self.busy = busy_processes({os.getpid()})
+        cmd += ["--spawned", repr(time.time())]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log.open("w"),
+            text=True, env=env, cwd=REPO,
+        )  # fmt: skip
+        self.error: str | None = None
+        self._read()  # {"ready": true} once loaded, cold start measured and parity rows written
+
+    def _read(self) -> dict:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.strip()
+            if line.startswith("{"):
+                return json.loads(line)
+        self.error = self.log.read_text()[-2000:] or f"exited with {self.proc.wait()}"
+        raise RuntimeError(self.error)
+
+    def send(self, command: str) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def one_pass(self, bs: int) -> None:
+        self.send(f"pass {bs}")
+        self.loads.append(os.getloadavg()[0])
+
+    def finish(self) -> dict:
+        if self.error is not None:
+            return {"system": self.system, "precision": self.precision, "error": self.error}
+        try:
+            res = self.send("end")
+        except RuntimeError:
+            return {"system": self.system, "precision": self.precision, "error": self.error}
+        self.proc.wait()
+        res["load_before"] = round(min(self.loads), 2)
+        res["load_after"] = round(max(self.loads), 2)
+        res["busy_before"] = self.busy
+        res["parity_file"] = str(self.parity_out)
+        return res
 
 
 def add_parity(results: list[dict]) -> None:
@@ -180,7 +214,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {LABELS.get(r['system'], r['system'])} | {r['precision']} | "
             f"{one} | {cell('32')} | {b32.get('tok_s', 0):.0f} | {cell('128')} | {gcell} | "
-            f"{r['cold_start_s']:.2f} | {r['import_s']:.2f} | {b32.get('peak_rss_mb', 0):.0f} | "
+            f"{r['cold_start_s']:.2f} | {r.get('import_s', 0):.2f} | {b32.get('peak_rss_mb', 0):.0f} | "
             f"{'–' if cos is None else f'{cos:.5f}'} | {r['load_before']:.2f}→{r['load_after']:.2f} |"
         )
     lines += [
@@ -200,7 +234,8 @@ def markdown(report: dict) -> str:
         "6 layers x L x (2 x (4h² + 2hi) + 4Lh) FLOPs with h=384, i=1536 (~21.2 MFLOP/token + attention). "
         "Cold start = process spawn to first embedding (interpreter start, imports, model load, one text). "
         "Batch 1 runs an evenly spaced subset of "
-        f"{report['settings']['b1_texts']} texts. load = 1-min load average before→after the system's run.",
+        f"{report['settings']['b1_texts']} texts. Passes interleave across systems (round robin, each system "
+        "in its own process); load = min→max 1-min load average over the system's passes.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -274,9 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     report["gemm"] = {"gflop_s": float("nan"), "blas": []} if a.no_gemm else run_gemm()
     print(f"GEMM peak: {report['gemm']['gflop_s']} GFLOP/s", file=sys.stderr)
     fe_python = find_bench_python(a.bench_python)
-    results = []
     order = [s for s in CPU_SYSTEMS if s in a.systems.split(",")] if not a.cuda else a.systems.split(",")
-    for system in order:
+    workers: list[Worker] = []
+    results = []
+    for system in order:  # start (and cold-start) each system while the others sit idle
         for precision in a.precisions.split(","):
             if system == "st_torch" and precision == "int8":
                 continue  # no int8 torch path; the reference row is fp32
@@ -286,12 +322,21 @@ def main(argv: list[str] | None = None) -> int:
                     print("fastembed: not importable here, skipped", file=sys.stderr)
                     continue
                 py = fe_python
-            t = time.perf_counter()
-            r = run_worker(py, system, precision, a, paths)
-            r["import_s"] = r.get("import_s", r.get("load_s", 0.0))
-            results.append(r)
-            msg = r.get("error", "")[-300:] or f"b32 {r['batches'].get('32', {}).get('sent_s')} sent/s"
-            print(f"{system:10s} {precision}: {msg} ({time.perf_counter() - t:.0f}s)", file=sys.stderr)
+            try:
+                workers.append(Worker(py, system, precision, a, paths))
+                print(f"{system:10s} {precision}: loaded", file=sys.stderr)
+            except RuntimeError as exc:
+                results.append({"system": system, "precision": precision, "error": str(exc)})
+    # Passes interleave across systems (round robin), so each system's median sees the same load.
+    for bs in [int(b) for b in a.batch_sizes.split(",")]:
+        for i in range(a.passes):
+            for w in workers:
+                if w.error is None:
+                    with contextlib.suppress(RuntimeError):
+                        w.one_pass(bs)
+            print(f"batch {bs}: pass {i + 1}/{a.passes} done", file=sys.stderr)
+    results += [w.finish() for w in workers]
+    results.sort(key=lambda r: (order.index(r["system"]), r["precision"]))
     # the torch reference first in the parity comparison, wherever it ran
     add_parity(results)
     report["results"] = results

@@ -140,6 +140,22 @@ def load_system(system: str, precision: str, ours: Path, peer: Path, device: str
 
 
 # ----------------------------------------------------------------------------- measurement
+def _summary(idx: np.ndarray, times: list[float], lengths: np.ndarray, flops: np.ndarray) -> dict:
+    med = statistics.median(times)
+    n = len(idx)
+    return {
+        "texts": n,
+        "tokens": int(lengths[idx].sum()),
+        "pass_s": [round(x, 3) for x in times],
+        "sent_s": round(n / med, 1),
+        "sent_s_min": round(n / max(times), 1),
+        "sent_s_max": round(n / min(times), 1),
+        "tok_s": round(lengths[idx].sum() / med, 1),
+        "gflop_s": round(flops[idx].sum() / med / 1e9, 1),
+        "peak_rss_mb": round(_rss_mb(), 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--system", required=True)
@@ -153,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--b1-texts", type=int, default=400, help="texts per pass at batch size 1")
     p.add_argument("--parity-texts", type=int, default=256)
     p.add_argument("--parity-out", type=Path)
+    p.add_argument("--serve", action="store_true", help="take 'pass <bs>' / 'end' commands on stdin")
     p.add_argument("--spawned", type=float, required=True, help="time.time() when the parent spawned us")
     a = p.parse_args(argv)
 
@@ -194,30 +211,39 @@ def main(argv: list[str] | None = None) -> int:
         "rss_after_first_mb": round(rss_cold, 1),
         "batches": {},
     }
-    for bs in [int(b) for b in a.batch_sizes.split(",")]:
-        n = min(a.b1_texts, len(texts)) if bs == 1 else len(texts)
-        # Batch 1 runs an evenly spaced subset, so it keeps the corpus' length mix.
-        idx = np.linspace(0, len(texts) - 1, n).astype(int) if n < len(texts) else np.arange(len(texts))
-        sub = [texts[i] for i in idx]
-        encode(sub[: min(len(sub), max(4 * bs, 64))], bs)  # warm-up
-        times = []
-        for _ in range(a.passes):
-            t = time.perf_counter()
-            out = encode(sub, bs)
-            times.append(time.perf_counter() - t)
-        assert len(out) == n
-        med = statistics.median(times)
-        result["batches"][str(bs)] = {
-            "texts": n,
-            "tokens": int(lengths[idx].sum()),
-            "pass_s": [round(x, 3) for x in times],
-            "sent_s": round(n / med, 1),
-            "sent_s_min": round(n / max(times), 1),
-            "sent_s_max": round(n / min(times), 1),
-            "tok_s": round(lengths[idx].sum() / med, 1),
-            "gflop_s": round(flops[idx].sum() / med / 1e9, 1),
-            "peak_rss_mb": round(_rss_mb(), 1),
-        }
+    times: dict[int, list[float]] = {}
+    subsets: dict[int, np.ndarray] = {}
+
+    def one_pass(bs: int) -> float:
+        if bs not in subsets:
+            n = min(a.b1_texts, len(texts)) if bs == 1 else len(texts)
+            # Batch 1 runs an evenly spaced subset, so it keeps the corpus' length mix.
+            subsets[bs] = np.linspace(0, len(texts) - 1, n).astype(int)
+            encode([texts[i] for i in subsets[bs][: max(bs, 16)]], bs)  # warm-up: one batch
+        sub = [texts[i] for i in subsets[bs]]
+        t = time.perf_counter()
+        out = encode(sub, bs)
+        dt = time.perf_counter() - t
+        assert len(out) == len(sub)
+        times.setdefault(bs, []).append(dt)
+        result["batches"][str(bs)] = _summary(subsets[bs], times[bs], lengths, flops)
+        return dt
+
+    if a.serve:
+        # Driven by benchmarks.run: one pass per "pass <bs>" line, so that the passes of all systems
+        # interleave and share the machine's load alike; "end" prints the result.
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            cmd = line.split()
+            if cmd and cmd[0] == "pass":
+                dt = one_pass(int(cmd[1]))
+                print(json.dumps({"s": round(dt, 3), "rss": round(_rss_mb(), 1)}), flush=True)
+            elif cmd and cmd[0] == "end":
+                break
+    else:
+        for bs in [int(b) for b in a.batch_sizes.split(",")]:
+            for _ in range(a.passes):
+                one_pass(bs)
     print(json.dumps(result))
     return 0
 
