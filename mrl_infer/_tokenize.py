@@ -56,8 +56,13 @@ class TextTokenizer:
         return Encoded(ids, type_ids, lengths, num_truncated)
 
     def prompt_length(self, prompt: str) -> int:
-        """Tokens the prompt occupies at the start of a text, as sentence-transformers counts them."""
-        return len(self._tok.encode(prompt, add_special_tokens=True).ids) - 1
+        """Tokens the prompt occupies at the start of a text, as sentence-transformers counts them:
+        the tokenized prompt, less a trailing special token (EOS/SEP) when the tokenizer appends one."""
+        enc = self._tok.encode(prompt, add_special_tokens=True)
+        n = len(enc.ids)
+        if n and enc.special_tokens_mask[-1]:
+            n -= 1
+        return n
 
     def pad(
         self, ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]], need_type_ids: bool
