@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[export,dev,files,ray]"
+python -m pip install -q -e ".[export,dev,files,ray,bench]"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 all=0
 if [ "${1:-}" = "--all" ]; then all=1; shift; fi
