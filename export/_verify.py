@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from mrl_infer._quality import load_sts
+from mrl_infer._quality import spearman as spearman  # re-exported for _pipeline and _bench
+
 #: Built-in verification texts: short, longer than any max_seq_length, empty, non-Latin scripts, emoji.
 BUILTIN_TEXTS: list[str] = [
     "Hello world",
@@ -73,42 +76,8 @@ def find_stsb_dev(explicit: str | os.PathLike[str] | None = None) -> Path | None
 
 def load_stsb(path: Path, n_pairs: int = STSB_PAIRS) -> tuple[list[str], list[str], np.ndarray]:
     """First ``n_pairs`` rows of an STS-B TSV (header sentence1/sentence2/score, no quoting)."""
-    s1: list[str] = []
-    s2: list[str] = []
-    scores: list[float] = []
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        i1, i2, isc = header.index("sentence1"), header.index("sentence2"), header.index("score")
-        for line in f:
-            cols = line.rstrip("\n").split("\t")
-            if len(cols) <= max(i1, i2, isc):
-                continue
-            s1.append(cols[i1])
-            s2.append(cols[i2])
-            scores.append(float(cols[isc]))
-            if len(s1) >= n_pairs:
-                break
-    return s1, s2, np.asarray(scores, dtype=np.float64)
-
-
-def rankdata(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties get the mean rank), like scipy.stats.rankdata."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.arange(1, len(x) + 1)
-    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
-    sums = np.bincount(inv, weights=ranks)
-    return sums[inv] / counts[inv]
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation with numpy only."""
-    ra, rb = rankdata(a), rankdata(b)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    denom = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / denom) if denom else 0.0
+    data = load_sts(path)
+    return data.s1[:n_pairs], data.s2[:n_pairs], data.scores[:n_pairs]
 
 
 def truncate_normalize(emb: np.ndarray, dim: int) -> np.ndarray:
