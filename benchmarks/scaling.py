@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -24,20 +23,9 @@ import numpy as np
 
 from benchmarks import corpus as corpus_mod
 from benchmarks import models
+from benchmarks.worker import _rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _rss_mb() -> float:
-    """Peak resident set size of this process so far, MB.
-
-    VmHWM, not ru_maxrss: a child's ru_maxrss starts at the parent's peak (fork), VmHWM is reset by exec.
-    """
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def exact_length_texts(tok_path: Path, n_tokens: int, count: int) -> list[str]:
