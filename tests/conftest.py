@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,17 @@ def corpus_texts(n: int) -> list[str]:
     path = REPO / "tests" / "data" / "corpus_sample.txt"
     lines = path.read_text(encoding="utf-8").splitlines()
     return lines[:n]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run far faster single-threaded on a shared CPU (thread contention dominates)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

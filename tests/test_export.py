@@ -32,15 +32,7 @@ def _minilm_path() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Any:
-    """Tiny models run far faster single-threaded on a shared CPU (thread contention dominates)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,7 @@ import mrl_export
 from mrl_export import ExportError
 from mrl_export._testing import make_custom_code_model, make_tiny_st_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Any:
-    """Tiny models run far faster single-threaded on a shared CPU (thread contention dominates)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
