@@ -1,12 +1,16 @@
 """How mrl_infer's throughput and memory grow with batch size, input length and corpus size.
 
-    python -m benchmarks.scaling --precision int8 [--corpus-sizes 10000,30000,100000] [--quick]
+    python -m benchmarks.scaling --precision int8 [--axes batch,length,corpus]
+        [--corpus-sizes 10000,100000,1000000] [--quick]
 
 Each point runs in a fresh process (so peak RSS is that point's own). Input length: texts of exactly
 N tokens (special tokens included). Points up to MiniLM's max_seq_length (256) run mrl_infer; 384 and
 512 (the position-embedding limit) run the bare onnxruntime loop on the same graph, since mrl_infer
-caps inputs at the model's max_seq_length. Corpus size: the corpus cycled to N texts, streamed with
-``encode_iter`` (bounded memory). Writes ``<out>/scaling.json``, ``scaling.md`` and ``scaling.png``.
+caps inputs at the model's max_seq_length. Corpus size: the corpus cycled to an N-line text file, run
+through the real job, ``mrl-embed embed FILE -o OUT.npy --dim 128`` on the shipped default model
+(same architecture and int8 graph as the exported MiniLM), timed end to end, with the peak RSS summed
+over the job's process tree (``--workers auto`` starts worker processes). Writes ``<out>/scaling.json``,
+``scaling.md`` and ``scaling.png``, rewritten after every point.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,17 +62,12 @@ def point(kind: str, value: int, precision: str, ours: Path, texts_file: Path, p
         bs = value if kind == "batch" else 32
 
         def encode(t: list[str], b: int) -> np.ndarray:
-            if kind == "corpus":
-                rows = 0
-                for block in emb.encode_iter(t, batch_size=b, chunk_size=4096):
-                    rows += len(block)
-                return np.empty((rows, 0))
             return emb.encode(t, batch_size=b, show_progress_bar=False)
 
     rss0 = _rss_mb()
     encode(texts[: min(len(texts), 4 * bs)], bs)  # warm-up
     times = []
-    for _ in range(1 if kind == "corpus" else passes):
+    for _ in range(passes):
         t = time.perf_counter()
         out = encode(texts, bs)
         times.append(time.perf_counter() - t)
@@ -91,6 +91,74 @@ def point(kind: str, value: int, precision: str, ours: Path, texts_file: Path, p
         "rss_after_load_mb": round(rss0, 1),
         "peak_rss_mb": round(_rss_mb(), 1),
         "load": round(os.getloadavg()[0], 2),
+    }
+
+
+def _tree_rss_mb(root: int) -> float:
+    """Current RSS summed over ``root`` and all its descendants, MB (Linux /proc)."""
+    parent: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            parent[int(d.name)] = int(fields[1])
+            rss[int(d.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    total = 0
+    for pid, size in rss.items():
+        q = pid
+        while q not in (0, 1, root) and q in parent:
+            q = parent[q]
+        if q == root:
+            total += size
+    return total / 2**20
+
+
+def cli_point(n: int, texts_file: Path, out_dir: Path, precision: str, dim: int = 128) -> dict:
+    """One corpus-size point: the ``mrl-embed embed`` job end to end, peak RSS over its process tree."""
+    out = out_dir / f"corpus_{n}.npy"
+    cmd = [sys.executable, "-m", "mrl_infer.cli", "embed", str(texts_file), "-o", str(out), "--dim",
+           str(dim), "--variant", precision, "--overwrite"]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = [0.0]
+    loads: list[float] = []
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
+            loads.append(os.getloadavg()[0])
+            time.sleep(0.5)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    th.join()
+    if proc.returncode:
+        raise RuntimeError(f"mrl-embed failed on {texts_file}:\n{err[-1500:]}")
+    rows = np.load(out, mmap_mode="r").shape[0]
+    if rows != n:
+        raise RuntimeError(f"{out}: {rows} rows, expected {n}")
+    summary = [ln for ln in err.splitlines() if ln.startswith("wrote ")]
+    out.unlink()
+    return {
+        "kind": "corpus",
+        "value": n,
+        "texts": n,
+        "batch_size": 32,
+        "engine": "mrl-embed embed (default model, --workers auto)",
+        "sent_s": round(n / wall, 1),
+        "tok_s": None,
+        "seconds": round(wall, 1),
+        "peak_rss_mb": round(peak[0], 1),
+        "summary": summary[-1] if summary else "",
+        "load": round(float(np.median(loads)) if loads else os.getloadavg()[0], 2),
     }
 
 
@@ -148,13 +216,16 @@ def plot(points: list[dict], path: Path, precision: str) -> None:
 
 
 def markdown(points: list[dict], precision: str) -> str:
-    lines = [f"mrl_infer scaling (all-MiniLM-L6-v2 {precision}; lengths > 256 run the bare loop)", "",
+    lines = [f"mrl_infer scaling (all-MiniLM-L6-v2 {precision}; lengths > 256 run the bare loop; corpus "
+             "points are whole `mrl-embed embed` jobs at dim 128, RSS summed over the process tree; "
+             "load = 1-min load average during the point)", "",
              "| axis | value | texts | batch | sent/s | tok/s | peak RSS MB | load |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in points:
         lines.append(
             f"| {p['kind']} | {p['value']} | {p['texts']} | {p['batch_size']} | {p['sent_s']:.0f} | "
-            f"{p['tok_s']:.0f} | {p['peak_rss_mb']:.0f} | {p['load']} |"
+            f"{'-' if p['tok_s'] is None else format(p['tok_s'], '.0f')} | {p['peak_rss_mb']:.0f} | "
+            f"{p['load']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -164,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="int8")
     p.add_argument("--batch-sizes", default="1,8,32,128,512")
     p.add_argument("--lengths", default="16,32,64,128,256,384,512")
-    p.add_argument("--corpus-sizes", default="10000,30000,100000")
+    p.add_argument("--axes", default="batch,length,corpus", help="which axes to measure")
+    p.add_argument("--corpus-sizes", default="10000,100000,1000000")
     p.add_argument("--texts", type=int, default=2000, help="texts per batch-size point")
     p.add_argument("--length-texts", type=int, default=256)
     p.add_argument("--passes", type=int, default=3)
@@ -180,20 +252,42 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.batch_sizes, a.lengths, a.corpus_sizes, a.texts, a.length_texts, a.passes = (
             "1,32", "16,512", "200", 64, 16, 1)  # fmt: skip
+    axes = set(a.axes.split(","))
     tmp = a.out / ".tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     base, _ = corpus_mod.load()
     plan: list[tuple[str, int, list[str]]] = []
-    for b in a.batch_sizes.split(","):
-        plan.append(("batch", int(b), corpus_mod.load(None, a.texts)[0]))
-    for n in a.lengths.split(","):
-        plan.append(("length", int(n), exact_length_texts(ours / "tokenizer.json", int(n), a.length_texts)))
-    for n in a.corpus_sizes.split(","):
-        plan.append(("corpus", int(n), [base[i % len(base)] for i in range(int(n))]))
+    if "batch" in axes:
+        for b in a.batch_sizes.split(","):
+            plan.append(("batch", int(b), corpus_mod.load(None, a.texts)[0]))
+    if "length" in axes:
+        for n in a.lengths.split(","):
+            texts = exact_length_texts(ours / "tokenizer.json", int(n), a.length_texts)
+            plan.append(("length", int(n), texts))
+    if "corpus" in axes:
+        for n in a.corpus_sizes.split(","):
+            plan.append(("corpus", int(n), []))
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
-    points = []
+    points: list[dict] = []
+    a.out.mkdir(parents=True, exist_ok=True)
+    name = "scaling" if not a.quick else "scaling_quick"
     for kind, value, texts in plan:
         f = tmp / f"scaling_{kind}_{value}.txt"
+        if kind == "corpus":
+            with f.open("w", encoding="utf-8") as fh:
+                for i in range(value):
+                    fh.write(base[i % len(base)] + "\n")
+            try:
+                pt = cli_point(value, f, tmp, a.precision)
+            except RuntimeError as e:
+                print(f"corpus={value}: failed\n{e}", file=sys.stderr)
+                continue
+            finally:
+                f.unlink()
+            print(f"corpus={value}: {pt['sent_s']} rows/s, {pt['peak_rss_mb']} MB", file=sys.stderr)
+            points.append(pt)
+            _write(a.out, name, points, a.precision)
+            continue
         f.write_text("\n".join(texts) + "\n", encoding="utf-8")
         cmd = [sys.executable, "-m", "benchmarks.scaling", "--precision", a.precision, "--passes",
                str(a.passes), "--ours", str(ours), "--point", kind, str(value), str(f)]  # fmt: skip
@@ -204,12 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         pt = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{kind}={value}: {pt['sent_s']} sent/s, {pt['peak_rss_mb']} MB", file=sys.stderr)
         points.append(pt)
-    a.out.mkdir(parents=True, exist_ok=True)
-    name = "scaling" if not a.quick else "scaling_quick"
-    (a.out / f"{name}.json").write_text(json.dumps({"precision": a.precision, "points": points}, indent=1))
-    (a.out / f"{name}.md").write_text(markdown(points, a.precision))
-    plot(points, a.out / f"{name}.png", a.precision)
+        _write(a.out, name, points, a.precision)
     return 0
+
+
+def _write(out: Path, name: str, points: list[dict], precision: str) -> None:
+    """Rewrite the JSON, markdown and plot (after every point, so a long run keeps what it has)."""
+    (out / f"{name}.json").write_text(json.dumps({"precision": precision, "points": points}, indent=1))
+    (out / f"{name}.md").write_text(markdown(points, precision))
+    plot(points, out / f"{name}.png", precision)
 
 
 if __name__ == "__main__":
