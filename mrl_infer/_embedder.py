@@ -37,15 +37,23 @@ _DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 # a batch of long texts is split so that its activations (and the arena's peak) stay bounded. Measured
 # (docs/benchmarks.md): MiniLM int8, batch 32, 4,000-text corpus: peak RSS 331 -> 293 MB, same speed.
 _TOKENS_PER_TEXT = 128
+# On CPU the budget is also capped absolutely: larger batches only cost memory there (MiniLM int8,
+# 2,000 corpus texts, quiet: batch 32 188 sent/s 380 MB, 128 170 sent/s 950 MB, 512 109 sent/s 3.5 GB).
+# The cap (batch 32's budget) bounds peak RSS whatever ``batch_size`` is; GPUs keep the full budget.
+_CPU_MAX_BATCH_TOKENS = 4096
 # Experiment knob (benchmarks): let batches of short texts grow past ``batch_size`` up to the same token
 # budget. Off: no measured gain on the 2-core reference machine.
 _GROW_SHORT = False
 
 
-def _plan_batches(sorted_lengths: np.ndarray, batch_size: int) -> list[tuple[int, int]]:
+def _plan_batches(
+    sorted_lengths: np.ndarray, batch_size: int, max_tokens: int | None = None
+) -> list[tuple[int, int]]:
     """[start, stop) ranges over length-sorted (longest first) texts, capped by count and token budget."""
     n = len(sorted_lengths)
     budget = batch_size * _TOKENS_PER_TEXT
+    if max_tokens is not None:
+        budget = min(budget, max_tokens)
     ranges = []
     start = 0
     while start < n:
@@ -260,7 +268,8 @@ class Embedder:
         order = np.argsort(-enc.lengths, kind="stable")
         out = np.empty((len(texts), self.manifest.embedding_dim), dtype=np.float32)
         prompt_len = self._tokenizer.prompt_length(prompt) if prompt and self._needs_prompt_length else 0
-        for start, stop in _plan_batches(enc.lengths[order], batch_size):
+        max_tokens = _CPU_MAX_BATCH_TOKENS if self.device == "cpu" else None
+        for start, stop in _plan_batches(enc.lengths[order], batch_size, max_tokens):
             idx = order[start:stop]
             feeds = self._tokenizer.pad(
                 [enc.ids[i] for i in idx], [enc.type_ids[i] for i in idx], self._needs_type_ids

@@ -96,6 +96,29 @@ def test_fp32_independent_of_batch_size(fp32: Embedder, fp32_b32: np.ndarray, ba
     np.testing.assert_allclose(fp32.encode(TEXTS, batch_size=batch_size, dim=128), fp32_b32, atol=1e-5)
 
 
+def test_cpu_batches_capped_by_tokens_whatever_batch_size(
+    fp32: Embedder, fp32_b32: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CPU a large batch_size must not grow activations (and peak RSS) without bound."""
+    from mrl_infer import _embedder
+
+    shapes: list[tuple[int, int]] = []
+    session = fp32._session
+    real_run = session.run
+
+    def spy(output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        shapes.append(feeds["input_ids"].shape)
+        return real_run(output, feeds)
+
+    monkeypatch.setattr(session, "run", spy)
+    texts = TEXTS + [" ".join(["word"] * 300)] * 40  # long texts, truncated to max_seq_length
+    out = fp32.encode(texts, batch_size=512, dim=128)
+    assert all(b * w <= _embedder._CPU_MAX_BATCH_TOKENS or b == 1 for b, w in shapes), shapes
+    assert max(b for b, _ in shapes) > 32  # short texts still fill bigger batches
+    assert sum(b for b, _ in shapes) == len(texts)
+    np.testing.assert_allclose(out[: len(TEXTS)], fp32_b32, atol=1e-5)
+
+
 def test_int8_batch_size_tolerance(int8: Embedder) -> None:
     """Dynamic int8 quantizes activations with ranges over each batch, so results depend on the batch.
 
