@@ -10,7 +10,8 @@ caps inputs at the model's max_seq_length. Corpus size: the corpus cycled to an 
 through the real job, ``mrl-embed embed FILE -o OUT.npy --dim 128`` on the shipped default model
 (same architecture and int8 graph as the exported MiniLM), timed end to end, with the peak RSS summed
 over the job's process tree (``--workers auto`` starts worker processes). Writes ``<out>/scaling.json``,
-``scaling.md`` and ``scaling.png``, rewritten after every point.
+``scaling.md`` and ``scaling.png``, rewritten after every point; axes not in ``--axes`` keep their
+previous points.
 """
 
 from __future__ import annotations
@@ -268,9 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         for n in a.corpus_sizes.split(","):
             plan.append(("corpus", int(n), []))
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
-    points: list[dict] = []
     a.out.mkdir(parents=True, exist_ok=True)
     name = "scaling" if not a.quick else "scaling_quick"
+    # Axes not measured this time keep their points from the previous run (re-measure one axis).
+    points: list[dict] = []
+    previous = a.out / f"{name}.json"
+    if previous.is_file():
+        points = [p for p in json.loads(previous.read_text())["points"] if p["kind"] not in axes]
     for kind, value, texts in plan:
         f = tmp / f"scaling_{kind}_{value}.txt"
         if kind == "corpus":
@@ -304,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(out: Path, name: str, points: list[dict], precision: str) -> None:
     """Rewrite the JSON, markdown and plot (after every point, so a long run keeps what it has)."""
+    order = {"batch": 0, "length": 1, "corpus": 2}
+    points = sorted(points, key=lambda p: (order[p["kind"]], p["value"]))
     (out / f"{name}.json").write_text(json.dumps({"precision": precision, "points": points}, indent=1))
     (out / f"{name}.md").write_text(markdown(points, precision))
     plot(points, out / f"{name}.png", precision)
