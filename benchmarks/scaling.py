@@ -29,7 +29,7 @@ import numpy as np
 
 from benchmarks import corpus as corpus_mod
 from benchmarks import models
-from benchmarks.worker import _rss_mb
+from benchmarks.worker import EncodeFn, _rss_mb, bare_loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,26 +163,9 @@ def cli_point(n: int, texts_file: Path, out_dir: Path, precision: str, dim: int 
     }
 
 
-def _bare_long(ours: Path, precision: str):  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(ours / "tokenizer.json"))
-    tok.enable_truncation(max_length=512)
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
-    sess = ort.InferenceSession(str(ours / models.OUR_FILES[precision]), providers=["CPUExecutionProvider"])
-
-    def encode(t: list[str], bs: int) -> np.ndarray:
-        out = []
-        for i in range(0, len(t), bs):
-            enc = tok.encode_batch(t[i : i + bs])
-            ids = np.array([e.ids for e in enc], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            out.append(sess.run(None, feeds)[0])
-        return np.concatenate(out)
-
-    return encode
+def _bare_long(ours: Path, precision: str) -> EncodeFn:
+    """The bare loop, truncating at the position-embedding limit (512) instead of max_seq_length."""
+    return bare_loop(ours / models.OUR_FILES[precision], ours / "tokenizer.json", max_length=512)
 
 
 def plot(points: list[dict], path: Path, precision: str) -> None:

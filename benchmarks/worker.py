@@ -42,6 +42,30 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def bare_loop(onnx_path: Path, tokenizer_path: Path, max_length: int) -> EncodeFn:
+    """The floor: tokenizers ``encode_batch`` with padding, onnxruntime defaults, input order, no sorting."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    tok.enable_truncation(max_length=max_length)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+    def encode(t: list[str], bs: int) -> np.ndarray:
+        out = []
+        for i in range(0, len(t), bs):
+            enc = tok.encode_batch(t[i : i + bs])
+            ids = np.array([e.ids for e in enc], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            y = sess.run(None, feeds)[0]
+            out.append(y if y.ndim == 2 else _mean_pool(y, mask))
+        return _normalize(np.concatenate(out))
+
+    return encode
+
+
 def _normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -113,28 +137,9 @@ def load_system(system: str, precision: str, ours: Path, peer: Path, device: str
         return fe_encode, info
 
     if system in ("bare", "bare_peer"):
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(ours / "tokenizer.json"))
-        tok.enable_truncation(max_length=256)
-        tok.enable_padding(pad_id=0, pad_token="[PAD]")
         path = ours / OUR_FILES[precision] if system == "bare" else peer / PEER_FILES[precision]
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         info["file"] = str(path)
-
-        def bare_encode(t: list[str], bs: int) -> np.ndarray:
-            out = []
-            for i in range(0, len(t), bs):
-                enc = tok.encode_batch(t[i : i + bs])
-                ids = np.array([e.ids for e in enc], dtype=np.int64)
-                mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-                feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-                y = sess.run(None, feeds)[0]
-                out.append(y if y.ndim == 2 else _mean_pool(y, mask))
-            return _normalize(np.concatenate(out))
-
-        return bare_encode, info
+        return bare_loop(path, ours / "tokenizer.json", max_length=256), info
 
     raise ValueError(f"unknown system {system!r}")
 
