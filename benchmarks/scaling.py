@@ -119,11 +119,13 @@ def _tree_rss_mb(root: int) -> float:
     return total / 2**20
 
 
-def cli_point(n: int, texts_file: Path, out_dir: Path, precision: str, dim: int = 128) -> dict:
+def cli_point(
+    n: int, texts_file: Path, out_dir: Path, precision: str, dim: int = 128, workers: str = "auto"
+) -> dict:
     """One corpus-size point: the ``mrl-embed embed`` job end to end, peak RSS over its process tree."""
     out = out_dir / f"corpus_{n}.npy"
     cmd = [sys.executable, "-m", "mrl_infer.cli", "embed", str(texts_file), "-o", str(out), "--dim",
-           str(dim), "--variant", precision, "--overwrite"]  # fmt: skip
+           str(dim), "--variant", precision, "--workers", workers, "--overwrite"]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -153,7 +155,7 @@ def cli_point(n: int, texts_file: Path, out_dir: Path, precision: str, dim: int 
         "value": n,
         "texts": n,
         "batch_size": 32,
-        "engine": "mrl-embed embed (default model, --workers auto)",
+        "engine": f"mrl-embed embed (default model, --workers {workers})",
         "sent_s": round(n / wall, 1),
         "tok_s": None,
         "seconds": round(wall, 1),
@@ -221,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", default="16,32,64,128,256,384,512")
     p.add_argument("--axes", default="batch,length,corpus", help="which axes to measure")
     p.add_argument("--corpus-sizes", default="10000,100000,1000000")
+    p.add_argument("--workers", default="auto", help="--workers of the corpus-size jobs")
     p.add_argument("--texts", type=int, default=2000, help="texts per batch-size point")
     p.add_argument("--length-texts", type=int, default=256)
     p.add_argument("--passes", type=int, default=3)
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(value):
                     fh.write(base[i % len(base)] + "\n")
             try:
-                pt = cli_point(value, f, tmp, a.precision)
+                pt = cli_point(value, f, tmp, a.precision, workers=a.workers)
             except RuntimeError as e:
                 print(f"corpus={value}: failed\n{e}", file=sys.stderr)
                 continue
