@@ -37,10 +37,11 @@ _DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 # a batch of long texts is split so that its activations (and the arena's peak) stay bounded. Measured
 # (docs/benchmarks.md): MiniLM int8, batch 32, 4,000-text corpus: peak RSS 331 -> 293 MB, same speed.
 _TOKENS_PER_TEXT = 128
-# On CPU the budget is also capped absolutely: larger batches only cost memory there (MiniLM int8,
-# 2,000 corpus texts, quiet: batch 32 188 sent/s 380 MB, 128 170 sent/s 950 MB, 512 109 sent/s 3.5 GB).
-# The cap (batch 32's budget) bounds peak RSS whatever ``batch_size`` is; GPUs keep the full budget.
-_CPU_MAX_BATCH_TOKENS = 4096
+# On CPU the budget is also capped absolutely: bigger batches only cost memory there. MiniLM int8,
+# 2,000 corpus texts, batch 32, quiet 2-core machine, alternating runs (docs/benchmarks.md):
+# cap 4,096 tokens 203-222 sent/s, peak RSS 377 MB; 2,048: 188-239, 265-273 MB; 1,024: 218-229, 208 MB.
+# Before any cap, batch 128 and 512 peaked at 950 MB and 3.5 GB and were slower. GPUs keep the budget.
+_CPU_MAX_BATCH_TOKENS = 1024
 # Experiment knob (benchmarks): let batches of short texts grow past ``batch_size`` up to the same token
 # budget. Off: no measured gain on the 2-core reference machine.
 _GROW_SHORT = False
