@@ -49,20 +49,19 @@ def quantize_option(
         CalibrationMethod,
         QuantFormat,
         QuantType,
-        quantize_dynamic,
         quantize_static,
     )
 
+    from ._onnx import dynamic_int8
+
     o = OPTIONS[option]
     if o["kind"] == "dynamic":
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            op_types_to_quantize=["MatMul", "Attention", "Gemm"],
+        dynamic_int8(
+            src,
+            dst,
             per_channel=o["per_channel"],
             reduce_range=o["reduce_range"],
             weight_type=getattr(QuantType, o["weight"]),
-            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         return (
             f"{option}: dynamic, weights {o['weight']}, per_channel={o['per_channel']}, "

@@ -224,21 +224,35 @@ def quantize_options(target: str) -> dict[str, Any]:
     }
 
 
-def quantize_int8(src: Path, dst: Path, target: str, external: bool = False) -> str:
-    """Dynamic int8 quantization of MatMul/Attention/Gemm weights of ``src`` into ``dst``; returns a note."""
+def dynamic_int8(
+    src: Path, dst: Path, *, per_channel: bool, reduce_range: bool, weight_type: Any, external: bool = False
+) -> None:
+    """onnxruntime's dynamic quantization of the MatMul/Attention/Gemm weights of ``src`` into ``dst``."""
     from onnxruntime.quantization import quantize_dynamic
 
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=["MatMul", "Attention", "Gemm"],
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=weight_type,
+        use_external_data_format=external,
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def quantize_int8(src: Path, dst: Path, target: str, external: bool = False) -> str:
+    """Dynamic int8 quantization of MatMul/Attention/Gemm weights of ``src`` into ``dst``; returns a note."""
     opts = quantize_options(target)
     with _quiet():
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            op_types_to_quantize=["MatMul", "Attention", "Gemm"],
+        dynamic_int8(
+            src,
+            dst,
             per_channel=opts["per_channel"],
             reduce_range=opts["reduce_range"],
             weight_type=opts["weight_type"],
-            use_external_data_format=external,
-            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+            external=external,
         )
     return (
         f"dynamic int8 ({opts['target']}): weights {opts['weight_type'].name} per-channel, "
