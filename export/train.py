@@ -1,20 +1,28 @@
-"""Train mrl-infer's default Matryoshka embedding model from all-MiniLM-L6-v2 (CPU, minutes).
+"""Train mrl-infer's default Matryoshka embedding model from all-MiniLM-L6-v2 (CPU, under an hour).
 
-Recipe (``--recipe default``): every loss is wrapped in ``MatryoshkaLoss`` over dims
-384/256/128/64/32, and three tasks are interleaved batch by batch:
+Two stages, each one run of this module:
 
-* ``mnrl``   MultipleNegativesRankingLoss on SNLI (anchor, entailment, contradiction) triplets;
-* ``cosent`` CoSENTLoss on STS-B train pairs (scores / 5);
-* ``distill`` self-distillation: on unlabelled sentences (SNLI, STS-B train, MNLI train), each
-  truncated dim's in-batch cosine-similarity matrix is pulled toward the *frozen base model's
-  full-dim* similarity matrix. This keeps the full dim close to the base model (general
-  retrieval quality) while teaching the small dims the full dim's similarity structure.
+1. ``--recipe control``: fine-tune the base model on the full dim only (no MatryoshkaLoss), with
+   three tasks interleaved batch by batch:
 
-``--recipe control`` trains the same tasks without MatryoshkaLoss (full dim only). STS-B test is
-never read here; model selection uses STS-B dev and the MNLI-val retrieval set
-(``benchmarks/data/retrieval``), which the recipe does not train on.
+   * ``mnrl``    MultipleNegativesRankingLoss on SNLI (anchor, entailment, contradiction) triplets;
+   * ``cosent``  CoSENTLoss on STS-B train pairs (scores / 5);
+   * ``distill`` similarity distillation: on unlabelled sentences (SNLI, STS-B train, MNLI train),
+     the student's in-batch cosine-similarity matrix is pulled toward the frozen teacher's
+     full-dim one (the teacher is ``--base``), which keeps general retrieval quality.
 
-Run: ``python -m mrl_export.train --recipe default --out artifacts/train/default``
+   This model is the *control*: the same training without MatryoshkaLoss.
+
+2. ``--recipe default --base <stage-1 model> --tasks distill --distill-groups``: MatryoshkaLoss
+   over dims 384/256/128/64/32 wrapped around the distillation loss, with the stage-1 model as both
+   the starting point and the frozen teacher. The full dim is asked to keep its own similarity
+   structure and every smaller dim to reproduce it, on batches of related sentences (a premise
+   with its hypotheses). Without MatryoshkaLoss this stage would ask nothing (the student already
+   equals the teacher), so the control is stage 1 alone.
+
+STS-B test is never read here; selection uses STS-B dev and the MNLI-val retrieval set
+(``benchmarks/data/retrieval``), whose sentences are removed from every training pool.
+The exact commands are in docs/training.md.
 """
 
 from __future__ import annotations
@@ -83,11 +91,41 @@ def load_data(data: Path) -> dict[str, Any]:
             sents.setdefault(r[0])
             sents.setdefault(r[1])
     distill = [s for s in sents if s.strip() and s.strip().lower() not in banned]
+    # The same sentences kept as groups of related text (a premise with its hypotheses, an STS-B
+    # train pair), so that a distillation batch holds near neighbours, not only unrelated text.
+    related = [("snli\t" + r[0], r[0], r[1]) for r in pairs]
+    related += [(f"sts\t{i}", a, b) for i, (a, b) in enumerate(zip(sts.s1, sts.s2, strict=True))]
+    related += [("mnli\t" + r[0], r[0], r[1]) for r in mnli if r[4] == "mnli_train.tsv"]
+    groups = group_related(related, banned)
     return {
         "triplets": triplets,
         "sts": list(zip(sts.s1, sts.s2, (sts.scores / 5.0).tolist(), strict=True)),
         "distill": distill,
+        "distill_groups": groups,
     }
+
+
+def group_related(pairs: list[tuple[str, str, str]], banned: set[str]) -> list[list[str]]:
+    """Group (key, first, second) rows by key into [first, second, second, ...] lists.
+
+    A sentence is kept once, in the first group it appears in; empty and banned (evaluation)
+    sentences are dropped, compared stripped and lower-cased. Empty groups are dropped.
+    """
+    by_key: dict[str, list[str]] = {}
+    for key, first, second in pairs:
+        by_key.setdefault(key, [first]).append(second)
+    seen: set[str] = set()
+    groups: list[list[str]] = []
+    for members in by_key.values():
+        g = []
+        for s in members:
+            k = s.strip().lower()
+            if k and k not in banned and k not in seen:
+                seen.add(k)
+                g.append(s)
+        if g:
+            groups.append(g)
+    return groups
 
 
 # --------------------------------------------------------------------------- losses
@@ -180,7 +218,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     data = load_data(Path(args.data))
     tasks = [t for t in args.tasks.split(",") if t]
     rng = random.Random(args.seed)
-    if args.distill_max and len(data["distill"]) > args.distill_max:
+    groups = data.pop("distill_groups")
+    if args.distill_groups:
+        # Whole groups of related sentences, in a seeded random order, up to --distill-max sentences;
+        # batches are then cut from this order, so neighbours share a batch.
+        if args.subset:
+            raise ValueError("--distill-groups cannot be combined with --subset")
+        random.Random(args.seed).shuffle(groups)
+        picked: list[str] = []
+        for g in groups:
+            if args.distill_max and len(picked) >= args.distill_max:
+                break
+            picked.extend(g)
+        data["distill"] = picked
+    elif args.distill_max and len(data["distill"]) > args.distill_max:
         data["distill"] = random.Random(args.seed).sample(data["distill"], args.distill_max)
     teacher = None
     if "distill" in tasks:
@@ -222,7 +273,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         for task in tasks:
             key = {"mnrl": "triplets", "cosent": "sts", "distill": "distill"}[task]
             idx = list(range(len(data[key])))
-            rng.shuffle(idx)
+            if not (task == "distill" and args.distill_groups):
+                rng.shuffle(idx)
             bs = task_bs[task]
             for s in range(0, len(idx) - bs + 1, bs):  # drop the ragged last batch
                 plan.append((task, idx[s : s + bs]))
@@ -376,6 +428,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--distill-tau", type=float, default=0.05)
     ap.add_argument("--distill-weight", type=float, default=1.0)
     ap.add_argument("--distill-max", type=int, default=12000, help="unlabelled sentences to distill on")
+    ap.add_argument(
+        "--distill-groups",
+        action="store_true",
+        help="distil on groups of related sentences (premise + hypotheses, STS pairs) kept in one batch",
+    )
     ap.add_argument("--dim-weights", default="", help="MatryoshkaLoss weights for 384,256,128,64,32")
     ap.add_argument("--subset", type=float, default=0.0, help="train on this fraction of each data set")
     ap.add_argument("--max-seq-length", type=int, default=128)
