@@ -253,14 +253,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     dims = list(MATRYOSHKA_DIMS)
     weights = [float(w) for w in args.dim_weights.split(",")] if args.dim_weights else [1.0] * len(dims)
 
-    def wrap(loss: torch.nn.Module) -> torch.nn.Module:
+    def wrap(loss: torch.nn.Module, w: list[float] | None = None) -> torch.nn.Module:
         if args.recipe == "control":
             return loss
-        return losses.MatryoshkaLoss(model, loss, dims, matryoshka_weights=weights)
+        return losses.MatryoshkaLoss(model, loss, dims, matryoshka_weights=w or weights)
+
+    cw = args.cosent_dim_weights
+    cosent_weights = [float(w) for w in cw.split(",")] if cw else None
 
     task_loss = {
         "mnrl": wrap(losses.MultipleNegativesRankingLoss(model)),
-        "cosent": wrap(losses.CoSENTLoss(model)),
+        "cosent": wrap(losses.CoSENTLoss(model), cosent_weights),
         "distill": wrap(make_distill_loss(model, args.distill_kind, args.distill_tau)),
     }
     task_weight = {"mnrl": 1.0, "cosent": 1.0, "distill": args.distill_weight}
@@ -439,6 +442,11 @@ def main(argv: list[str] | None = None) -> None:
         help="distil on groups of related sentences (premise + hypotheses, STS pairs) kept in one batch",
     )
     ap.add_argument("--dim-weights", default="", help="MatryoshkaLoss weights for 384,256,128,64,32")
+    ap.add_argument(
+        "--cosent-dim-weights",
+        default="",
+        help="MatryoshkaLoss weights of the cosent task only (e.g. 0,1,1,1,1: small dims only)",
+    )
     ap.add_argument("--subset", type=float, default=0.0, help="train on this fraction of each data set")
     ap.add_argument("--max-seq-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=42)
