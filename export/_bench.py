@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from mrl_export import _onnx, _verify
 
 
@@ -59,7 +58,7 @@ def build_candidates(
     model_dir: Path, scratch: Path, model_type: str, heads: int, hidden: int
 ) -> dict[str, Path]:
     """fp32 optimize levels and int8 weight-type options as separate ONNX files."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType
 
     plain = model_dir / "model.onnx"
     out: dict[str, Path] = {"fp32-plain": plain}
@@ -75,15 +74,7 @@ def build_candidates(
         ):
             p = scratch / f"int8_{base_name}_{wname}.onnx"
             with _onnx._quiet():
-                quantize_dynamic(
-                    str(base),
-                    str(p),
-                    op_types_to_quantize=["MatMul", "Attention", "Gemm"],
-                    per_channel=True,
-                    reduce_range=rr,
-                    weight_type=wt,
-                    extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
-                )
+                _onnx.dynamic_int8(base, p, per_channel=True, reduce_range=rr, weight_type=wt)
             out[f"int8-{base_name}-{wname}"] = p
     return out
 
