@@ -8,7 +8,15 @@
 from mrl_infer._embedder import Embedder
 from mrl_infer._manifest import Manifest, load_manifest
 from mrl_infer._precision import compute_ranges, quantize_embeddings
-from mrl_infer.errors import DeviceError, DimError, InputError, ModelFormatError, MrlInferError
+from mrl_infer.errors import (
+    DeviceError,
+    DimError,
+    HubConnectionError,
+    InputError,
+    ModelFormatError,
+    MrlInferError,
+    NonFiniteEmbeddingError,
+)
 
 __version__ = "0.1.0"
 
@@ -16,10 +24,12 @@ __all__ = [
     "DeviceError",
     "DimError",
     "Embedder",
+    "HubConnectionError",
     "InputError",
     "Manifest",
     "ModelFormatError",
     "MrlInferError",
+    "NonFiniteEmbeddingError",
     "__version__",
     "compute_ranges",
     "load_manifest",

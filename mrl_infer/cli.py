@@ -116,10 +116,10 @@ def _add_embed(sub: Any) -> None:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from mrl_infer._jobs import options_from_dict, run_job
+    from mrl_infer.jobs._job import options_from_dict, run_job
 
     if args.engine == "ray":
-        from mrl_infer.ray import embed_files
+        from mrl_infer.jobs.ray import embed_files
 
         summary = embed_files(args)
     else:

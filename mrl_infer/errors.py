@@ -21,3 +21,19 @@ class DimError(MrlInferError, ValueError):
 
 class InputError(MrlInferError, ValueError):
     """An input file or row is malformed; the message names the file and line."""
+
+
+class HubConnectionError(MrlInferError, ConnectionError):
+    """A Hub id was given but the Hub cannot be reached; says how to run offline."""
+
+
+class NonFiniteEmbeddingError(MrlInferError, ValueError):
+    """The model produced NaN or inf for some inputs (a damaged or numerically broken graph).
+
+    ``indices`` are the positions of the offending inputs in the call that raised (for
+    ``encode_iter``: positions in the whole iterable).
+    """
+
+    def __init__(self, message: str, indices: list[int]) -> None:
+        super().__init__(message)
+        self.indices = indices

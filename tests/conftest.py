@@ -103,3 +103,82 @@ def linked_copy(src: Path, dst: Path) -> Path:
         else:
             shutil.copy(f, dst / f.name)
     return dst
+
+
+NAN_TRIGGER = "poison"
+
+
+def make_nan_model(out: Path, trigger: str = NAN_TRIGGER, dim: int = 8) -> Path:
+    """A tiny model directory (the default model's tokenizer) whose graph returns NaN for any text
+    containing ``trigger`` and finite vectors otherwise: a stand-in for a numerically broken model.
+
+    sentence_embedding = (sum(input_ids) + 1) * w + sqrt(-count(input_ids == id(trigger))) * 1
+    """
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from tokenizers import Tokenizer
+
+    from mrl_infer._hub import DEFAULT_MODEL_DIR
+
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((DEFAULT_MODEL_DIR / "mrl_infer.json").read_text(encoding="utf-8"))
+    for name in manifest["tokenizer"]["files"]:
+        shutil.copy(DEFAULT_MODEL_DIR / name, out / name)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    ids = tok.encode(trigger, add_special_tokens=False).ids
+    assert len(ids) == 1, f"{trigger!r} must be one token, got {ids}"
+
+    w = np.linspace(1.0, 2.0, dim, dtype=np.float32).reshape(1, dim)
+    inits = [
+        numpy_helper.from_array(np.array(ids[0], dtype=np.int64), "trigger"),
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.ones((1, dim), dtype=np.float32), "ones"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["ids_f", "axis1"], ["total"], keepdims=1),
+        helper.make_node("Add", ["total", "one"], ["base"]),
+        helper.make_node("Mul", ["base", "w"], ["finite"]),
+        helper.make_node("Equal", ["input_ids", "trigger"], ["hit"]),
+        helper.make_node("Cast", ["hit"], ["hit_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["hit_f", "axis1"], ["count"], keepdims=1),
+        helper.make_node("Neg", ["count"], ["neg"]),
+        helper.make_node("Sqrt", ["neg"], ["bad"]),
+        helper.make_node("Mul", ["bad", "ones"], ["bad_wide"]),
+        helper.make_node("Add", ["finite", "bad_wide"], ["sentence_embedding"]),
+    ]
+    ins = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+        for n in ("input_ids", "attention_mask", "token_type_ids")
+    ]
+    outs = [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", dim])]
+    graph = helper.make_graph(nodes, "nan_model", ins, outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(out / "model.onnx"))
+    manifest.update(
+        embedding_dim=dim,
+        matryoshka_dims=[dim, dim // 2],
+        name="test/nan-model",
+        variants={
+            "fp32": {
+                "file": "model.onnx",
+                "precision": "fp32",
+                "target": "cpu",
+                "sha256": hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest(),
+            }
+        },
+    )
+    (out / "mrl_infer.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def nan_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """See :func:`make_nan_model`; texts containing ``NAN_TRIGGER`` embed to NaN."""
+    return make_nan_model(tmp_path_factory.mktemp("nan-model"))

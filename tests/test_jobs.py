@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mrl_infer import _jobs
-from mrl_infer._jobs import JobOptions, run_job
 from mrl_infer._manifest import Manifest, Variant, write_manifest
 from mrl_infer.errors import InputError
+from mrl_infer.jobs import _job as _jobs
+from mrl_infer.jobs._job import JobOptions, run_job
 
 pq = pytest.importorskip("pyarrow.parquet")
 

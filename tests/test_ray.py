@@ -15,8 +15,8 @@ pytest.importorskip("ray.data")
 pq = pytest.importorskip("pyarrow.parquet")
 pa = pytest.importorskip("pyarrow")
 
-from mrl_infer._jobs import JobOptions, run_job  # noqa: E402
 from mrl_infer.cli import main  # noqa: E402
+from mrl_infer.jobs._job import JobOptions, run_job  # noqa: E402
 
 # Starting Ray and its actors takes ~1 min on 2 cores: CI runs these with the slow suites.
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def _emb(table: Any) -> np.ndarray:
 
 def test_embed_dataset_matches_embedder(local_ray: Any, minilm_model_dir: Path) -> None:
     from mrl_infer import Embedder
-    from mrl_infer.ray import embed_dataset
+    from mrl_infer.jobs.ray import embed_dataset
 
     texts = _texts(70, "ds")
     ds = ray.data.from_items([{"text": t, "n": i} for i, t in enumerate(texts)])

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mrl_infer._readers import Record, detect_format, expand_inputs, read_file, read_inputs
 from mrl_infer.errors import InputError
+from mrl_infer.jobs._readers import Record, detect_format, expand_inputs, read_file, read_inputs
 
 TEXTS = ["first text", "", "  spaces kept  ", "日本語のテキスト", "emoji 😀", 'a "quoted", comma']
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mrl_infer._writers import (
+from mrl_infer.errors import InputError
+from mrl_infer.jobs._writers import (
     JsonlWriter,
     NpyWriter,
     ParquetWriter,
@@ -18,7 +19,6 @@ from mrl_infer._writers import (
     embedding_width,
     output_format,
 )
-from mrl_infer.errors import InputError
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from mrl_infer._readers import STDIN, Record, expand_inputs, read_inputs
-from mrl_infer._writers import (
+from mrl_infer.errors import InputError
+from mrl_infer.jobs._readers import STDIN, Record, expand_inputs, read_inputs
+from mrl_infer.jobs._writers import (
     SkipLog,
     Writer,
     embedding_dtype,
@@ -45,7 +46,6 @@ from mrl_infer._writers import (
     open_writer,
     output_format,
 )
-from mrl_infer.errors import InputError
 
 STATE_VERSION = 1
 WORKDIR_SUFFIX = ".mrl-job"

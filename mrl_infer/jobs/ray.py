@@ -69,7 +69,7 @@ class EmbedBatch:
 
     def __call__(self, batch: Any) -> Any:
         from mrl_infer import quantize_embeddings
-        from mrl_infer._writers import embedding_array, embedding_dtype
+        from mrl_infer.jobs._writers import embedding_array, embedding_dtype
 
         if self.column not in batch.column_names:
             raise InputError(f"no column '{self.column}' (columns present: {', '.join(batch.column_names)})")
@@ -148,7 +148,7 @@ def embed_dataset(
 
 def _read(files: list[str], text_field: str, id_field: str | None) -> Any:
     """One Ray Dataset over the files in the order given (all Parquet or all JSONL)."""
-    from mrl_infer._readers import detect_format
+    from mrl_infer.jobs._readers import detect_format
 
     ray = _ray()
     formats = {detect_format(f)[0] for f in files}
@@ -169,9 +169,9 @@ def embed_files(args: argparse.Namespace) -> Any:
     import pyarrow.compute as pc
 
     from mrl_infer import compute_ranges
-    from mrl_infer._jobs import WORKDIR_SUFFIX, JobSummary, available_cores
-    from mrl_infer._readers import DEFAULT_TEXT_FIELD, expand_inputs
-    from mrl_infer._writers import embedding_dtype, fsync_dir, open_writer, output_format
+    from mrl_infer.jobs._job import WORKDIR_SUFFIX, JobSummary, available_cores
+    from mrl_infer.jobs._readers import DEFAULT_TEXT_FIELD, expand_inputs
+    from mrl_infer.jobs._writers import embedding_dtype, fsync_dir, open_writer, output_format
 
     ray = _ray()
     t0 = time.monotonic()
