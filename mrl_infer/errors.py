@@ -37,3 +37,7 @@ class NonFiniteEmbeddingError(MrlInferError, ValueError):
     def __init__(self, message: str, indices: list[int]) -> None:
         super().__init__(message)
         self.indices = indices
+
+    def __reduce__(self) -> tuple[type, tuple[str, list[int]]]:
+        # Crosses process boundaries (worker pools): keep ``indices`` when pickled.
+        return (type(self), (str(self), self.indices))

@@ -78,19 +78,29 @@ def minilm_model_dir(minilm_st_dir: Path) -> Path:
     Cached under .cache/test-models keyed by the export code, so a rerun skips the export.
     """
     out = CACHE / f"minilm-{_export_key()}"
-    if not (out / "mrl_infer.json").is_file():
-        from mrl_export import export
+    if (out / "mrl_infer.json").is_file():
+        return out
+    import fcntl
 
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        export(
-            str(minilm_st_dir),
-            str(out),
-            variants=("fp32", "int8"),
-            dims=MINILM_DIMS,
-            show_progress=False,
-        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Several pytest processes may share the cache: one exports, the others wait for it.
+    with open(out.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "mrl_infer.json").is_file():
+            from mrl_export import export
+
+            tmp = out.with_name(out.name + ".tmp")
+            for stale in (out, tmp):
+                if stale.exists():
+                    shutil.rmtree(stale)
+            export(
+                str(minilm_st_dir),
+                str(tmp),
+                variants=("fp32", "int8"),
+                dims=MINILM_DIMS,
+                show_progress=False,
+            )
+            tmp.rename(out)
     return out
 
 
