@@ -11,6 +11,7 @@ from mrl_infer._precision import compute_ranges, quantize_embeddings
 from mrl_infer.errors import (
     DeviceError,
     DimError,
+    EmbedderClosedError,
     HubConnectionError,
     InputError,
     ModelFormatError,
@@ -24,6 +25,7 @@ __all__ = [
     "DeviceError",
     "DimError",
     "Embedder",
+    "EmbedderClosedError",
     "HubConnectionError",
     "InputError",
     "Manifest",

@@ -6,12 +6,14 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 
-from mrl_infer._hub import HubModel, default_model_dir, is_local
+from mrl_infer._hub import HubModel, default_model_dir, is_local, local_model_dir
+from mrl_infer._integrity import verify_enabled, verify_file
 from mrl_infer._manifest import Manifest, load_manifest
 from mrl_infer._precision import (
     check_precision,
@@ -22,7 +24,14 @@ from mrl_infer._precision import (
 )
 from mrl_infer._session import OnnxSession, cuda_available, parse_device
 from mrl_infer._tokenize import TextTokenizer
-from mrl_infer.errors import DeviceError, DimError, ModelFormatError
+from mrl_infer.errors import (
+    DeviceError,
+    DimError,
+    EmbedderClosedError,
+    InputError,
+    ModelFormatError,
+    NonFiniteEmbeddingError,
+)
 
 logger = logging.getLogger("mrl_infer")
 
@@ -72,12 +81,71 @@ def _check_text(item: object, index: int) -> str:
     return item
 
 
+def _check_texts_arg(texts: object, *, allow_str: bool) -> None:
+    """Refuse arguments that iterate into something other than texts (see Embedder's docstring)."""
+    if texts is None:
+        raise TypeError("texts is None; pass a str (one text) or a list of str")
+    if isinstance(texts, (bytes, bytearray, memoryview)):
+        raise TypeError("texts is bytes; decode it to str first (e.g. data.decode('utf-8'))")
+    if isinstance(texts, Mapping):
+        raise TypeError(
+            f"texts is a mapping ({type(texts).__name__}); iterating it would embed its keys. "
+            "Pass a list of texts, e.g. list(d.values())"
+        )
+    if isinstance(texts, str):
+        if allow_str:
+            return
+        raise TypeError(
+            "encode_iter takes an iterable of texts; pass a list of texts: a str would be embedded "
+            "character by character (use encode(text) for one text)"
+        )
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a str or an iterable of str, got {type(texts).__name__}")
+
+
+def _unencodable(texts: Sequence[str], offset: int) -> InputError | None:
+    """An InputError naming the first text that is not valid Unicode (a lone surrogate), if any."""
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return InputError(
+                f"texts[{offset + i}] cannot be tokenized: it is not valid Unicode ({exc.reason} "
+                f"{text[exc.start : exc.end]!r} at character {exc.start}; lone surrogates often come "
+                "from decoding bytes with errors='surrogateescape')"
+            )
+    return None
+
+
+def _check_finite(pooled: np.ndarray, offset: int) -> None:
+    """Raise NonFiniteEmbeddingError naming the rows (offset-based indices) that hold NaN or inf."""
+    finite = np.isfinite(pooled).all(axis=1)
+    if finite.all():
+        return
+    bad = (np.flatnonzero(~finite) + offset).tolist()
+    shown = ", ".join(f"texts[{i}]" for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    raise NonFiniteEmbeddingError(
+        f"the model produced NaN/inf embeddings for {len(bad)} input(s): {shown}. The model file may be "
+        "damaged (re-download or re-export it) or the graph is numerically unstable for these texts",
+        bad,
+    )
+
+
 class Embedder:
     """Embeds texts with an exported Matryoshka model, truncated to ``dim`` and renormalized.
 
     ``model`` is a model directory, a Hugging Face Hub id of one, or None for the embedded default.
     ``dim`` must be one of the model's Matryoshka dims (``allow_any_dim=True`` lifts that).
-    One Embedder may be shared by several threads.
+    A ``model`` that looks like a path (absolute, starting with ``.`` or ``~``, with more than one
+    ``/``, or existing) is always a local directory; ``~`` is expanded.
+    ``verify`` (default: on unless ``MRL_INFER_VERIFY=0``) checks the ONNX file against the
+    manifest's sha256 before first use; a verified file is remembered by its stat signature, so later
+    loads skip the hash. Pass ``verify=False`` for a file edited on purpose.
+    ``encode`` takes one str (one text, returns ``[dim]``) or a sequence of str; ``encode_iter`` takes
+    an iterable of str and refuses a bare str. A NaN/inf embedding is never returned: it raises
+    NonFiniteEmbeddingError naming the inputs.
+    One Embedder may be shared by several threads; ``close()`` (or a ``with`` block) releases the
+    ONNX Runtime session.
     """
 
     def __init__(
@@ -92,7 +160,9 @@ class Embedder:
         revision: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         allow_any_dim: bool = False,
+        verify: bool | None = None,
     ) -> None:
+        self._closed = False
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if threads is not None and threads < 1:
@@ -103,9 +173,7 @@ class Embedder:
         if model is None:
             model_dir = default_model_dir()
         elif is_local(model):
-            model_dir = Path(model).expanduser()
-            if not model_dir.is_dir():
-                raise ModelFormatError(f"{model_dir} is a file; pass the model directory that holds it")
+            model_dir = local_model_dir(model)
         else:
             hub = HubModel(str(model), revision, cache_dir)
             model_dir = hub.fetch("mrl_infer.json").parent
@@ -119,7 +187,7 @@ class Embedder:
                 kind, reason = "cpu", "auto: no CUDAExecutionProvider in this onnxruntime"
         elif kind == "cuda" and not cuda_available():
             raise DeviceError(
-                "device='cuda' was requested but this onnxruntime has no CUDAExecutionProvider "
+                f"device={device!r} was requested but this onnxruntime has no CUDAExecutionProvider "
                 "(install onnxruntime-gpu: pip install 'mrl-infer[cuda]')"
             )
         variant_name = self._choose_variant(manifest, variant, kind, model_dir)
@@ -140,6 +208,8 @@ class Embedder:
         self.dim: int = self._check_dim(dim)
         self._tokenizer = TextTokenizer(model_dir, manifest.tokenizer, self.max_seq_length)
         path = model_dir / manifest.variants[variant_name].file
+        if verify_enabled(verify):
+            verify_file(path, manifest.variants[variant_name].sha256)
         try:
             self._session = OnnxSession(path, kind, device_id, threads)
         except DeviceError:
@@ -236,6 +306,12 @@ class Embedder:
                 f"supported dims: {valid}"
             )
         if dim not in valid and not self.allow_any_dim:
+            if valid == [self.manifest.embedding_dim]:
+                raise DimError(
+                    f"dim {dim} is refused: no Matryoshka dims declared (the model supports only its "
+                    f"full dim {valid}); re-export with --dims (or pass allow_any_dim=True; quality is "
+                    "not guaranteed)"
+                )
             raise DimError(
                 f"dim {dim} is not one of the model's Matryoshka dims {valid}; "
                 "pass allow_any_dim=True to use it anyway (quality is not guaranteed)"
@@ -285,6 +361,25 @@ class Embedder:
             pooled, dim, normalize_embeddings=normalize_embeddings, model_normalizes=self.manifest.normalize
         )
 
+    def _embed_block(
+        self, texts: Sequence[str], batch_size: int, prompt: str, dim: int, normalize: bool, offset: int
+    ) -> np.ndarray:
+        """Finished float32 rows of one block; bad texts and NaN/inf rows are named by their index
+        in the whole call (``offset`` is the index of ``texts[0]``)."""
+        try:
+            pooled = self._embed_chunk(texts, batch_size, prompt)
+        except Exception as exc:
+            bad = _unencodable(texts, offset)
+            if bad is None:
+                raise
+            raise bad from exc
+        _check_finite(pooled, offset)
+        return self._finish(pooled, dim, normalize)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EmbedderClosedError(f"{self!r} was closed; create a new Embedder to embed again")
+
     def _report_truncated(self, before: int, total: int) -> None:
         n = self._num_truncated - before
         if n > 0:
@@ -315,6 +410,8 @@ class Embedder:
         int8/uint8 ``precision`` computes calibration ranges over the whole input, exactly as
         sentence-transformers does, unless ``ranges`` or ``calibration_embeddings`` are given.
         """
+        self._check_open()
+        _check_texts_arg(texts, allow_str=True)
         check_precision(precision)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -339,8 +436,9 @@ class Embedder:
         try:
             for start in range(0, len(items), _ENCODE_CHUNK):
                 chunk = items[start : start + _ENCODE_CHUNK]
-                pooled = self._embed_chunk(chunk, batch_size, text_prompt)
-                chunks.append(self._finish(pooled, dim, normalize_embeddings))
+                chunks.append(
+                    self._embed_block(chunk, batch_size, text_prompt, dim, normalize_embeddings, start)
+                )
                 if bar is not None:
                     bar.update(len(chunk))
         finally:
@@ -370,7 +468,10 @@ class Embedder:
         Yields consecutive blocks of rows in input order, ``chunk_size`` texts at a time (sorted by
         length inside each block). int8/uint8 need explicit ``ranges`` here: ranges taken from each
         block would make the same text quantize differently depending on its neighbours.
+        A bare str is refused (TypeError): it would be embedded character by character.
         """
+        self._check_open()
+        _check_texts_arg(texts, allow_str=False)
         check_precision(precision)
         if batch_size < 1 or chunk_size < 1:
             raise ValueError("batch_size and chunk_size must be >= 1")
@@ -406,12 +507,30 @@ class Embedder:
                 break
             for i, item in enumerate(chunk):
                 _check_text(item, seen + i)
+            out = self._embed_block(chunk, batch_size, prompt, dim, normalize_embeddings, seen)
             seen += len(chunk)
-            out = self._finish(self._embed_chunk(chunk, batch_size, prompt), dim, normalize_embeddings)
             if precision != "float32":
                 out = quantize_embeddings(out, precision, ranges)
             yield out
         self._report_truncated(before, seen)
+
+    def close(self) -> None:
+        """Release the ONNX Runtime session (and its memory arena); later encode calls raise
+        EmbedderClosedError. Closing twice is harmless."""
+        with self._lock:
+            self._closed = True
+            self._session.close()
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def encode_query(self, texts: str | Sequence[str], **kwargs: object) -> np.ndarray:
         """Embed search queries with the model's 'query' prompt (none if the model has none)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from mrl_infer.errors import DeviceError, ModelFormatError
+from mrl_infer.errors import DeviceError, EmbedderClosedError, ModelFormatError
 
 logger = logging.getLogger("mrl_infer")
 
@@ -91,33 +91,44 @@ class OnnxSession:
         else:
             providers = [CPU]
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:
             if kind == "cuda" and "CUDA" in str(exc):
-                raise DeviceError(f"CUDA was requested but could not start for {path}: {exc}") from exc
+                raise DeviceError(
+                    f"device='cuda:{device_id}' was requested but CUDA could not start for {path}: {exc}"
+                ) from exc
             raise ModelFormatError(f"{path}: cannot load ONNX graph ({exc})") from exc
-        self.providers = self.session.get_providers()
+        self.session: ort.InferenceSession | None = session
+        self.providers = session.get_providers()
         if kind == "cuda" and self.providers[0] != CUDA:
             raise DeviceError(
-                f"CUDA was requested but onnxruntime attached {self.providers} for {path}. "
+                f"device='cuda:{device_id}' was requested but onnxruntime attached {self.providers} "
+                f"for {path}. "
                 "Check that onnxruntime-gpu (pip install 'mrl-infer[cuda]') and matching CUDA/cuDNN "
                 "libraries are installed."
             )
         self.kind = kind
         self.device_id = device_id
         self.path = path
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
         self.threads = opts.intra_op_num_threads
 
+    def close(self) -> None:
+        """Drop the ONNX Runtime session (its memory goes once no run still holds it)."""
+        self.session = None
+
     def run(self, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        session = self.session
+        if session is None:
+            raise EmbedderClosedError(f"{self.path}: the session was closed")
         if self.kind == "cuda":
-            binding = self.session.io_binding()
+            binding = session.io_binding()
             for name, value in feeds.items():
                 binding.bind_cpu_input(name, value)
             binding.bind_output(output, "cuda", self.device_id)
-            self.session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding)
             result = binding.copy_outputs_to_cpu()[0]
         else:
-            result = self.session.run([output], feeds)[0]
+            result = session.run([output], feeds)[0]
         return np.asarray(result, dtype=np.float32)

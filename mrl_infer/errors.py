@@ -41,3 +41,7 @@ class NonFiniteEmbeddingError(MrlInferError, ValueError):
     def __reduce__(self) -> tuple[type, tuple[str, list[int]]]:
         # Crosses process boundaries (worker pools): keep ``indices`` when pickled.
         return (type(self), (str(self), self.indices))
+
+
+class EmbedderClosedError(MrlInferError, RuntimeError):
+    """The Embedder was closed (``close()`` or the end of a ``with`` block) and cannot embed any more."""
