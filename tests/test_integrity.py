@@ -169,11 +169,15 @@ def test_unwritable_cache_dir_only_costs_a_hash(
 
 def test_variant_without_sha256_loads_unchecked(tmp_path: Path, hash_calls: list[Path]) -> None:
     d = make_nan_model(tmp_path / "m")
+    Embedder(d)
+    assert len(hash_calls) == 1
     man = json.loads((d / "mrl_infer.json").read_text())
     del man["variants"]["fp32"]["sha256"]
     (d / "mrl_infer.json").write_text(json.dumps(man))
-    Embedder(d)
-    assert hash_calls == []
+    st = (d / "model.onnx").stat()
+    os.utime(d / "model.onnx", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    Embedder(d)  # a changed file, but nothing to check it against: loaded, not hashed
+    assert len(hash_calls) == 1
 
 
 def test_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
