@@ -111,18 +111,33 @@ def _hub_offline() -> bool:
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
-    import requests
+    """Exception types that mean "no connection", for the HTTP client this huggingface_hub uses."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        import requests
 
-    return (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)
+        errors += [requests.ConnectionError, requests.Timeout]
+    except ImportError:  # huggingface_hub >= 1.0 uses httpx
+        pass
+    try:
+        import httpx
+
+        errors += [httpx.TransportError]
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def probe_hub(timeout: float | None = None) -> str | None:
     """None if the Hub endpoint answers within ``timeout`` seconds, else why it does not.
 
-    One HEAD request without retries (any HTTP status counts as reachable), run in a daemon thread
-    so that a hanging DNS lookup is bounded too. Honours HF_ENDPOINT and the proxy variables.
+    One HEAD request with the standard library, without retries (any HTTP status counts as
+    reachable), run in a daemon thread so that a hanging DNS lookup is bounded too. Honours
+    HF_ENDPOINT (as huggingface_hub read it) and the proxy variables.
     """
-    import requests
+    import urllib.error
+    import urllib.request
+
     from huggingface_hub import constants
 
     if timeout is None:
@@ -135,9 +150,12 @@ def probe_hub(timeout: float | None = None) -> str | None:
 
     def head() -> None:
         try:
-            requests.head(url, timeout=(timeout, timeout), allow_redirects=False)
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+                pass
             result.append(None)
-        except (requests.RequestException, OSError) as exc:
+        except urllib.error.HTTPError:  # the server answered
+            result.append(None)
+        except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections, bad URL
             result.append(f"{type(exc).__name__}: {exc}")
 
     thread = threading.Thread(target=head, name="mrl_infer-hub-probe", daemon=True)
