@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from mrl_infer.errors import InputError
-from mrl_infer.jobs._readers import STDIN, Record, expand_inputs, read_inputs
+from mrl_infer.errors import InputError, NonFiniteEmbeddingError
+from mrl_infer.jobs._readers import STDIN, ReadProgress, Record, detect_format, expand_inputs, read_inputs
 from mrl_infer.jobs._writers import (
     SkipLog,
     Writer,
@@ -62,6 +62,7 @@ class JobOptions:
     output: str
     model: str | None = None
     dim: int | None = None
+    allow_any_dim: bool = False
     variant: str = "auto"
     device: str = "auto"
     batch_size: int = 32
@@ -100,6 +101,7 @@ class JobSummary:
     resumed_at: int = 0
     skipped_file: str | None = None
     ranges_file: str | None = None
+    complete: bool = False  # --resume found the output already finished: nothing was done
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -108,6 +110,9 @@ class JobSummary:
 
     def describe(self) -> str:
         """The one-paragraph summary printed at the end of a job."""
+        if self.complete:
+            rows = "" if self.rows < 0 else f" ({self.rows} rows)"
+            return f"{self.output} is already complete{rows}; nothing to resume"
         lines = [
             f"wrote {self.rows} rows to {self.output} ({self.format}) in {self.seconds:.1f} s "
             f"({self.rows_per_s:.1f} rows/s"
@@ -164,6 +169,7 @@ def _embedder_kwargs(opts: JobOptions, threads: int | None) -> dict[str, Any]:
     return {
         "model": opts.model,
         "dim": opts.dim,
+        "allow_any_dim": opts.allow_any_dim,
         "variant": opts.variant,
         "device": opts.device,
         "threads": threads,
@@ -211,14 +217,46 @@ def _init_worker(kwargs: dict[str, Any]) -> None:
     _WORKER_EMBEDDER = _make_embedder(kwargs)
 
 
-def _encode_chunk(emb: Any, texts: list[str], encode_kwargs: dict[str, Any]) -> tuple[np.ndarray, int]:
-    before = emb.num_truncated
-    out = emb.encode(texts, **encode_kwargs)
-    return np.ascontiguousarray(out, dtype=np.float32), emb.num_truncated - before
+_Encoded = tuple[np.ndarray, int, list[int]]  # float rows, truncated count, positions dropped as NaN/inf
 
 
-def _worker_encode(texts: list[str], encode_kwargs: dict[str, Any]) -> tuple[np.ndarray, int]:
-    return _encode_chunk(_WORKER_EMBEDDER, texts, encode_kwargs)
+def _encode_chunk(
+    emb: Any, texts: list[str], encode_kwargs: dict[str, Any], skip_nonfinite: bool
+) -> _Encoded:
+    """Embed one chunk; never returns a NaN/inf row.
+
+    A non-finite row raises NonFiniteEmbeddingError with positions in ``texts``; with
+    ``skip_nonfinite`` those rows are dropped (their positions returned) and the rest of the chunk
+    is embedded again without them, so the vectors depend only on the chunk's rows (resume-safe).
+    """
+    keep = list(range(len(texts)))
+    bad: list[int] = []
+    while True:
+        before = getattr(emb, "num_truncated", 0)
+        try:
+            if keep:
+                out = np.ascontiguousarray(emb.encode([texts[i] for i in keep], **encode_kwargs), np.float32)
+            else:
+                out = np.empty((0, int(encode_kwargs["dim"])), np.float32)
+            rows = np.flatnonzero(~np.isfinite(out).all(axis=1))  # cheap; also guards any embedder
+            if rows.size:
+                raise NonFiniteEmbeddingError("the model produced NaN/inf embeddings", rows.tolist())
+        except NonFiniteEmbeddingError as exc:
+            positions = sorted({keep[i] for i in exc.indices})
+            if not skip_nonfinite or not positions:
+                raise NonFiniteEmbeddingError(str(exc), positions) from None
+            bad += positions
+            dropped = set(positions)
+            keep = [i for i in keep if i not in dropped]
+            continue
+        return out, getattr(emb, "num_truncated", 0) - before, sorted(bad)
+
+
+def _worker_encode(texts: list[str], encode_kwargs: dict[str, Any], skip_nonfinite: bool) -> _Encoded:
+    return _encode_chunk(_WORKER_EMBEDDER, texts, encode_kwargs, skip_nonfinite)
+
+
+NONFINITE_REASON = "the model produced a NaN/inf embedding for this row"
 
 
 @dataclass
@@ -229,14 +267,58 @@ class _Chunk:
     ids: list[Any]
     skips: list[tuple[Record, int]]
     end_record: int  # global index of the first record after this chunk
+    where: list[tuple[str, int, int]] = field(default_factory=list)  # (file, line, index) per text
+    read_pos: int = 0  # input bytes read when the chunk was complete (for the progress bar)
+
+    def drop(self, positions: list[int]) -> _Chunk:
+        """This chunk without the texts at ``positions``, which become skips (NaN/inf rows)."""
+        if not positions:
+            return self
+        gone = set(positions)
+        skips = self.skips + [
+            (Record(self.where[i][0], self.where[i][1], None, None, NONFINITE_REASON), self.where[i][2])
+            for i in positions
+        ]
+        skips.sort(key=lambda s: s[1])
+        return _Chunk(
+            [t for i, t in enumerate(self.texts) if i not in gone],
+            [x for i, x in enumerate(self.ids) if i not in gone],
+            skips,
+            self.end_record,
+            [w for i, w in enumerate(self.where) if i not in gone],
+            self.read_pos,
+        )
+
+    def nonfinite_error(self, exc: NonFiniteEmbeddingError) -> NonFiniteEmbeddingError:
+        """``exc`` (positions in this chunk) restated with the input files and lines."""
+        rows = [self.where[i] for i in exc.indices if 0 <= i < len(self.where)]
+        shown = ", ".join(f"{f}:{line}" for f, line, _ in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        return NonFiniteEmbeddingError(
+            f"{shown}{more}: the model produced a NaN/inf embedding (a damaged model file, or a graph "
+            "numerically unstable for this text); nothing was written. Use --on-error skip to skip such "
+            "rows and list them in a sidecar file",
+            [index for _, _, index in rows],
+        )
 
 
-def _chunks(records: Iterator[Record], start: int, size: int, opts: JobOptions) -> Iterator[_Chunk]:
+def _chunks(
+    records: Iterator[Record],
+    start: int,
+    size: int,
+    opts: JobOptions,
+    progress: ReadProgress | None = None,
+) -> Iterator[_Chunk]:
     """Group records into chunks of ``size`` valid rows; bad rows fail the job or ride along as skips."""
     texts: list[str] = []
     ids: list[Any] = []
     skips: list[tuple[Record, int]] = []
+    where: list[tuple[str, int, int]] = []
     index = start
+
+    def pos() -> int:
+        return progress.position() if progress is not None else 0
+
     for rec in records:
         if rec.error is not None:
             if opts.on_error == "fail":
@@ -248,12 +330,13 @@ def _chunks(records: Iterator[Record], start: int, size: int, opts: JobOptions) 
         else:
             texts.append(rec.text)  # type: ignore[arg-type]
             ids.append(rec.id if opts.id_field is not None else index)
+            where.append((rec.file, rec.line, index))
         index += 1
         if len(texts) == size:
-            yield _Chunk(texts, ids, skips, index)
-            texts, ids, skips = [], [], []
+            yield _Chunk(texts, ids, skips, index, where, pos())
+            texts, ids, skips, where = [], [], [], []
     if texts or skips:
-        yield _Chunk(texts, ids, skips, index)
+        yield _Chunk(texts, ids, skips, index, where, pos())
 
 
 # --------------------------------------------------------------------------- checkpoint state
@@ -400,31 +483,49 @@ class _Job:
         self.ranges_final = self.final.with_name(self.final.name + RANGES_SUFFIX)
         if STDIN in self.files and opts.resume:
             raise InputError("--resume cannot be used with stdin ('-'): stdin cannot be read again")
+        for f in self.files:
+            for target in (self.final, self.skipped_final, self.ranges_final):
+                if f != STDIN and target.exists() and os.path.samefile(f, target):
+                    raise InputError(
+                        f"{f} is an input of this job and would be replaced by its output {target}; "
+                        "write the output elsewhere"
+                    )
         self._embedder = embedder
 
     # -- start-up ------------------------------------------------------------
-    def _prepare_workdir(self) -> dict[str, Any] | None:
-        """Check the output and work directory; return the checkpoint to resume from, if any."""
+    def _check_workdir(self) -> bool:
+        """Refuse what cannot start, changing nothing; True when there is a checkpoint to resume."""
         opts = self.opts
         if not self.final.parent.is_dir():
             raise InputError(f"{self.final.parent}: the output directory does not exist")
-        if self.workdir.exists() and (self.workdir / "state.json").exists():
-            if opts.resume:
-                return _load_state(self.workdir)
-            if not opts.overwrite:
-                raise InputError(
-                    f"{self.workdir} holds an interrupted job for {self.final.name}: rerun with --resume to "
-                    "finish it, or --overwrite to start over"
-                )
-            shutil.rmtree(self.workdir)
-        if self.final.exists() and not opts.overwrite:
-            if opts.resume:
-                raise InputError(
-                    f"{self.final} already exists and there is no interrupted job to resume; "
-                    "pass --overwrite to replace it"
-                )
+        has_state = (self.workdir / "state.json").exists()
+        if has_state and not opts.resume and not opts.overwrite:
+            raise InputError(
+                f"{self.workdir} holds an interrupted job for {self.final.name}: rerun with --resume to "
+                "finish it, or --overwrite to start over"
+            )
+        if self.final.exists() and not opts.overwrite and not has_state:
             raise InputError(f"{self.final} already exists; pass --overwrite to replace it")
-        return None
+        return has_state and opts.resume
+
+    def _already_complete(self) -> JobSummary | None:
+        """``--resume`` of a job that already finished: say so and do nothing (idempotent reruns)."""
+        opts = self.opts
+        if not opts.resume or opts.overwrite or not self.final.exists():
+            return None
+        if (self.workdir / "state.json").exists():
+            return None
+        skips = _count_lines(self.skipped_final) if self.skipped_final.exists() else 0
+        return JobSummary(
+            output=str(self.final),
+            format=self.fmt,
+            rows=_count_rows(self.final, self.fmt),
+            skipped=skips,
+            truncated=None,
+            seconds=0.0,
+            rows_this_run=0,
+            complete=True,
+        )
 
     def _lock(self) -> None:
         self.workdir.mkdir(exist_ok=True)
@@ -434,16 +535,30 @@ class _Job:
         except BlockingIOError:
             raise InputError(f"another mrl-embed job is writing {self.final} right now") from None
 
+    def _clear_workdir(self) -> None:
+        """Remove everything in the (locked) work directory but the lock."""
+        for stale in self.workdir.iterdir():
+            if stale.name != "lock":
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
     def run(self) -> JobSummary:
         t0 = time.monotonic()
-        state = self._prepare_workdir()
-        self._lock()
+        done = self._already_complete()
+        if done is not None:
+            return done
+        resuming = self._check_workdir()
+        # Load and check everything (model, device, dim, prompt) before the work directory exists,
+        # so that a start that fails leaves nothing behind.
         emb = self._embedder or _make_embedder(
             _embedder_kwargs(self.opts, worker_threads(1, self.opts.threads) if self.opts.workers == 1 else 1)
         )
+        if hasattr(emb, "_resolve_prompt"):
+            emb._resolve_prompt(self.opts.prompt_name, self.opts.prompt)
         self.dim = int(emb.dim)
         self.width = embedding_width(self.opts.precision, self.dim)
         fingerprint = _fingerprint(self.opts, self.files, emb, self.fmt)
+        self._lock()
+        state = _load_state(self.workdir) if resuming else None
         if state is not None:
             diffs = _differences(state["fingerprint"], fingerprint)
             if diffs:
@@ -455,9 +570,7 @@ class _Job:
             if self.final.exists() and not self.opts.overwrite and state.get("phase") != "finalizing":
                 raise InputError(f"{self.final} already exists; pass --overwrite to replace it")
         else:
-            for stale in self.workdir.iterdir():  # a job killed before its first checkpoint
-                if stale.name != "lock":
-                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            self._clear_workdir()  # --overwrite, or a job killed before its first checkpoint
             state = {
                 "version": STATE_VERSION,
                 "fingerprint": fingerprint,
@@ -476,8 +589,9 @@ class _Job:
             return self._finalize(t0, resumed_at, rows_this_run=0)
         try:
             self._embed_all(emb, t0)
-        except InputError:
-            # Bad input cannot be resumed past (the input or --on-error must change): leave nothing behind.
+        except (InputError, NonFiniteEmbeddingError):
+            # Bad input (or a model that gives NaN for it) cannot be resumed past: the input, the
+            # model or --on-error must change. Leave nothing behind.
             shutil.rmtree(self.workdir, ignore_errors=True)
             raise
         return self._finalize(t0, resumed_at, rows_this_run=int(self.state["rows"]) - resumed_at)
@@ -504,28 +618,31 @@ class _Job:
         )
 
     def _results(self, emb: Any, chunks: Iterator[_Chunk]) -> Iterator[tuple[_Chunk, np.ndarray, int]]:
-        """Embed chunks in order, in this process or a pool of worker processes."""
+        """Embed chunks in order, in this process or a pool of worker processes.
+
+        NaN/inf rows fail the job naming their file and line, or (``--on-error skip``) leave the
+        chunk as skips.
+        """
         opts = self.opts
         enc = _encode_kwargs(opts) | {"dim": self.dim}
+        skip = opts.on_error == "skip"
         if opts.workers == 1:
             for ch in chunks:
-                if ch.texts:
-                    out, trunc = _encode_chunk(emb, ch.texts, enc)
-                else:
-                    out, trunc = np.empty((0, self.dim), np.float32), 0
-                yield ch, out, trunc
+                try:
+                    out, trunc, bad = _encode_chunk(emb, ch.texts, enc, skip)
+                except NonFiniteEmbeddingError as exc:
+                    raise ch.nonfinite_error(exc) from None
+                yield ch.drop(bad), out, trunc
             return
         kwargs = _embedder_kwargs(opts, worker_threads(opts.workers, opts.threads))
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(
             opts.workers, mp_context=ctx, initializer=_init_worker, initargs=(kwargs,)
         ) as pool:
-            pending: collections.deque[tuple[_Chunk, cf.Future[tuple[np.ndarray, int]] | None]] = (
-                collections.deque()
-            )
+            pending: collections.deque[tuple[_Chunk, cf.Future[_Encoded] | None]] = collections.deque()
             try:
                 for ch in chunks:
-                    fut = pool.submit(_worker_encode, ch.texts, enc) if ch.texts else None
+                    fut = pool.submit(_worker_encode, ch.texts, enc, skip) if ch.texts else None
                     pending.append((ch, fut))
                     while len(pending) > 2 * opts.workers:
                         yield self._take(pending)
@@ -540,16 +657,24 @@ class _Job:
         ch, fut = pending.popleft()
         if fut is None:
             return ch, np.empty((0, self.dim), np.float32), 0
-        out, trunc = fut.result()
-        return ch, out, trunc
+        try:
+            out, trunc, bad = fut.result()
+        except NonFiniteEmbeddingError as exc:  # pickled across the pool with its indices
+            raise ch.nonfinite_error(exc) from None
+        return ch.drop(bad), out, trunc
 
     def _embed_all(self, emb: Any, t0: float) -> None:
         opts, state = self.opts, self.state
         skiplog = SkipLog(self.workdir, state["skips"])
         ranges = np.asarray(state["ranges"], dtype=np.float32) if state["ranges"] is not None else None
         writer: Writer | None = self._open_writer(ranges) if state["writer"] is not None else None
+        tracker = ReadProgress()
         records = read_inputs(
-            self.files, text_field=opts.text_field, id_field=opts.id_field, input_format=opts.input_format
+            self.files,
+            text_field=opts.text_field,
+            id_field=opts.id_field,
+            input_format=opts.input_format,
+            progress=tracker,
         )
         skip_to = int(state["records"])
         if skip_to:
@@ -558,11 +683,11 @@ class _Job:
                 raise InputError(
                     f"cannot --resume: the inputs now hold {consumed} rows, the checkpoint {skip_to}"
                 )
-        chunks = _chunks(records, skip_to, opts.chunk_size, opts)
+        chunks = _chunks(records, skip_to, opts.chunk_size, opts, tracker)
         need_ranges = opts.precision in _QUANTIZED and ranges is None
         held: list[tuple[_Chunk, np.ndarray]] = []  # float chunks waiting for calibration ranges
         held_rows = 0
-        bar = _progress(opts.progress, initial=int(state["rows"]))
+        bar = _Progress(opts.progress, self.files, opts.input_format, skip_to, int(state["rows"]), tracker)
         last_ckpt = time.monotonic()
         run_start_seconds = float(state["seconds"])
 
@@ -577,6 +702,7 @@ class _Job:
                 writer.write(ch.ids, ch.texts, q)
             state["rows"] += len(ch.texts)
             state["records"] = ch.end_record
+            bar.update(ch, state["rows"], skiplog.count)
 
         def checkpoint() -> None:
             assert writer is not None
@@ -601,9 +727,6 @@ class _Job:
                     held = []
                 else:
                     emit(ch, out)
-                if bar is not None:
-                    bar.update(state["rows"] - bar.n)
-                    bar.set_postfix(skipped=skiplog.count, refresh=False)
                 if time.monotonic() - last_ckpt >= opts.checkpoint_seconds:
                     checkpoint()
                     last_ckpt = time.monotonic()
@@ -621,8 +744,7 @@ class _Job:
             state["phase"] = "finalizing"
             _save_state(self.workdir, state)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
             skiplog.close()
             if writer is not None:
                 writer.close()
@@ -685,20 +807,94 @@ def _quantize(out: np.ndarray, precision: str, ranges: np.ndarray | None) -> np.
     return quantize_embeddings(out, precision, ranges=ranges)
 
 
-def _progress(enabled: bool, initial: int) -> Any:
-    if not enabled:
-        return None
+class _Progress:
+    """The tqdm bar: bytes of the inputs (text formats), rows (all Parquet), or rows with no total (stdin).
+
+    Advanced as chunks are written; the rows written and skipped are shown as integers.
+    """
+
+    def __init__(
+        self,
+        enabled: bool,
+        files: list[str],
+        input_format: str | None,
+        records: int,
+        rows: int,
+        tracker: ReadProgress,
+    ) -> None:
+        self.bar: Any = None
+        if not enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            print(
+                "mrl-embed: tqdm is not installed, no progress bar (pip install 'mrl-infer[files]')",
+                file=sys.stderr,
+            )
+            return
+        common: dict[str, Any] = {"desc": "embedding", "file": sys.stderr, "dynamic_ncols": True}
+        if STDIN in files:
+            self.mode = "rows"
+            self.bar = tqdm(initial=rows, unit=" rows", **common)
+        elif all(detect_format(f, input_format)[0] == "parquet" for f in files):
+            self.mode = "records"  # Parquet metadata knows the row count: exact rows, integer counts
+            total = sum(_parquet_rows(f) for f in files)
+            self.bar = tqdm(total=total, initial=records, unit=" rows", **common)
+        else:
+            self.mode = "bytes"  # text: the input sizes are known, the row count is not
+            total = sum(os.path.getsize(f) for f in files)
+            self.bar = tqdm(
+                total=total,
+                initial=tracker.position(),
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                **common,
+            )
+            self.bar.set_postfix(rows=rows, refresh=False)
+
+    def update(self, ch: _Chunk, rows: int, skipped: int) -> None:
+        if self.bar is None:
+            return
+        at = {"rows": rows, "records": ch.end_record, "bytes": ch.read_pos}[self.mode]
+        if at > self.bar.n:
+            self.bar.update(at - self.bar.n)
+        postfix = {"rows": rows} if self.mode == "bytes" else {}
+        if skipped:
+            postfix["skipped"] = skipped
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _parquet_rows(path: str) -> int:
+    import pyarrow.parquet as pq
+
     try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        print(
-            "mrl-embed: tqdm is not installed, no progress bar (pip install 'mrl-infer[files]')",
-            file=sys.stderr,
-        )
-        return None
-    return tqdm(
-        initial=initial, unit=" rows", unit_scale=True, desc="embedding", file=sys.stderr, dynamic_ncols=True
-    )
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except Exception:  # the reader reports a bad file with its name
+        return 0
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(1 for _ in fh)
+
+
+def _count_rows(path: Path, fmt: str) -> int:
+    """Rows of a finished output (-1 if it cannot be read)."""
+    try:
+        if fmt == "npy":
+            return int(np.load(path, mmap_mode="r").shape[0])
+        if fmt == "parquet":
+            return _parquet_rows(str(path))
+        return _count_lines(path)
+    except Exception:
+        return -1
 
 
 def run_job(opts: JobOptions, embedder: Any | None = None) -> JobSummary:

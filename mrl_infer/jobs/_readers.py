@@ -59,6 +59,39 @@ class Record:
     error: str | None = None
 
 
+class ReadProgress:
+    """How far the readers have got, in bytes of the input files as stored (compressed sizes).
+
+    Text files report the position of the file under the decompressor; a Parquet file counts its
+    size times the share of its rows read. Cheap to ask (one ``tell()``), so a progress bar can.
+    """
+
+    def __init__(self) -> None:
+        self.done = 0  # bytes of the files finished
+        self._fh: IO[bytes] | None = None
+        self._size = 0
+        self._rows = (0, 0)  # Parquet: rows read, rows in the file
+
+    def position(self) -> int:
+        """Bytes read so far across all files."""
+        if self._fh is not None:
+            try:
+                return self.done + min(self._size, self._fh.tell())
+            except (OSError, ValueError):
+                return self.done
+        read, total = self._rows
+        return self.done + (self._size * read // total if total else 0)
+
+    def _start(self, path: str, fh: IO[bytes] | None) -> None:
+        self._size = os.path.getsize(path) if path != STDIN else 0
+        self._fh = fh if path != STDIN else None
+        self._rows = (0, 0)
+
+    def _finish(self) -> None:
+        self.done += self._size
+        self._fh, self._size, self._rows = None, 0, (0, 0)
+
+
 def missing_extra(module: str, extra: str = "files") -> InputError:
     """The error raised when an optional dependency of an input/output format is not installed."""
     return InputError(
@@ -102,18 +135,23 @@ def detect_format(path: str, override: str | None = None) -> tuple[str, str | No
 def expand_inputs(inputs: Iterable[str], input_format: str | None = None) -> list[str]:
     """Expand globs and directories into a list of files, in the order given (globs and dirs sorted).
 
-    A directory contributes its files with a known extension (recursively, sorted by path); a
-    glob or directory that matches nothing is an error, never silently empty.
+    A directory contributes its files with a known extension (recursively, sorted by path),
+    skipping every file or directory whose name starts with ``.`` or ``_`` (``.git/``,
+    ``_temporary/``, ``_SUCCESS``); a glob or directory that matches nothing is an error, never
+    silently empty.
     """
     files: list[str] = []
     for item in inputs:
         if item == STDIN:
             files.append(item)
         elif os.path.isdir(item):
+            root = Path(item)
             found = sorted(
                 str(p)
-                for p in Path(item).rglob("*")
-                if p.is_file() and not p.name.startswith((".", "_")) and _known(str(p), input_format)
+                for p in root.rglob("*")
+                if p.is_file()
+                and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+                and _known(str(p), input_format)
             )
             if not found:
                 raise InputError(f"{item}: directory has no input files (.txt/.jsonl/.csv/.tsv/.parquet)")
@@ -142,9 +180,11 @@ def _known(path: str, input_format: str | None) -> bool:
     return True
 
 
-def _open_binary(path: str, compression: str | None) -> IO[bytes]:
+def _open_binary(path: str, compression: str | None, progress: ReadProgress | None = None) -> IO[bytes]:
     """Open a file (or stdin) as a decompressed binary stream; the magic bytes win over the extension."""
     raw: IO[bytes] = sys.stdin.buffer if path == STDIN else open(path, "rb")  # noqa: SIM115
+    if progress is not None:
+        progress._start(path, raw)
     head = raw.peek(4)[:4] if hasattr(raw, "peek") else b""
     if head.startswith(_GZIP_MAGIC):
         compression = "gzip"
@@ -281,7 +321,9 @@ def _read_jsonl(path: str, stream: IO[bytes], text_field: str, id_field: str | N
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield Record(path, line_no, None, None, f"malformed JSON ({exc.msg} at column {exc.colno})")
+            # json's messages may end in "at" ("Unterminated string starting at"): do not double it
+            where = "column" if exc.msg.endswith(" at") else "at column"
+            yield Record(path, line_no, None, None, f"malformed JSON ({exc.msg} {where} {exc.colno})")
             continue
         if not isinstance(obj, dict):
             yield Record(path, line_no, None, None, f"expected a JSON object, got {type(obj).__name__}")
@@ -354,7 +396,9 @@ def _read_delimited(
         yield Record(path, start, row[ti], row[ii] if ii is not None else None, None)
 
 
-def _read_parquet(path: str, text_field: str, id_field: str | None, batch_rows: int) -> Iterator[Record]:
+def _read_parquet(
+    path: str, text_field: str, id_field: str | None, batch_rows: int, progress: ReadProgress | None = None
+) -> Iterator[Record]:
     pq = _import_optional("pyarrow.parquet")
     pa = _import_optional("pyarrow")
     with open(path, "rb") as fh:
@@ -378,6 +422,8 @@ def _read_parquet(path: str, text_field: str, id_field: str | None, batch_rows: 
     columns = [text_field] + ([id_field] if id_field and id_field != text_field else [])
     row = 0
     for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+        if progress is not None:
+            progress._rows = (row + batch.num_rows, pf.metadata.num_rows)
         texts = batch.column(text_field).to_pylist()
         ids = batch.column(id_field).to_pylist() if id_field else [None] * len(texts)
         for text, rid in zip(texts, ids, strict=True):
@@ -401,8 +447,12 @@ def read_file(
     id_field: str | None = None,
     input_format: str | None = None,
     batch_rows: int = 4096,
+    progress: ReadProgress | None = None,
 ) -> Iterator[Record]:
-    """Stream the records of one input file (``-`` is stdin); see the module docstring."""
+    """Stream the records of one input file (``-`` is stdin); see the module docstring.
+
+    ``progress``, if given, follows how many bytes of the file have been read.
+    """
     fmt, compression = detect_format(path, input_format)
     field = text_field or DEFAULT_TEXT_FIELD
     if fmt == "txt" and id_field is not None:
@@ -410,10 +460,14 @@ def read_file(
     if fmt == "parquet":
         if path == STDIN:
             raise InputError("Parquet cannot be read from stdin; pass a file")
-        yield from _read_parquet(path, field, id_field, batch_rows)
+        if progress is not None:
+            progress._start(path, None)
+        yield from _read_parquet(path, field, id_field, batch_rows, progress)
+        if progress is not None:
+            progress._finish()
         return
     try:
-        stream = _open_binary(path, compression)
+        stream = _open_binary(path, compression, progress)
     except OSError as exc:
         raise InputError(f"{path}: cannot open ({exc})") from exc
     try:
@@ -426,6 +480,8 @@ def read_file(
     finally:
         if path != STDIN:
             stream.close()
+    if progress is not None:
+        progress._finish()
 
 
 def read_inputs(
@@ -434,7 +490,10 @@ def read_inputs(
     text_field: str | None = None,
     id_field: str | None = None,
     input_format: str | None = None,
+    progress: ReadProgress | None = None,
 ) -> Iterator[Record]:
     """Stream the records of several files, one after the other in the order given."""
     for path in files:
-        yield from read_file(path, text_field=text_field, id_field=id_field, input_format=input_format)
+        yield from read_file(
+            path, text_field=text_field, id_field=id_field, input_format=input_format, progress=progress
+        )

@@ -40,6 +40,7 @@ class EmbedBatch:
         column: str = "text",
         output_column: str = "embedding",
         dim: int | None = None,
+        allow_any_dim: bool = False,
         variant: str = "auto",
         device: str = "cpu",
         threads: int | None = 1,
@@ -54,7 +55,13 @@ class EmbedBatch:
         from mrl_infer import Embedder
 
         self.emb = Embedder(
-            model, dim, device=device, variant=variant, threads=threads, max_seq_length=max_seq_length
+            model,
+            dim,
+            device=device,
+            variant=variant,
+            threads=threads,
+            max_seq_length=max_seq_length,
+            allow_any_dim=allow_any_dim,
         )
         self.column = column
         self.output_column = output_column
@@ -99,6 +106,7 @@ def embed_dataset(
     column: str = "text",
     output_column: str = "embedding",
     dim: int | None = None,
+    allow_any_dim: bool = False,
     variant: str = "auto",
     device: str = "cpu",
     batch_size: int = 32,
@@ -124,6 +132,7 @@ def embed_dataset(
         "column": column,
         "output_column": output_column,
         "dim": dim,
+        "allow_any_dim": allow_any_dim,
         "variant": variant,
         "device": device,
         "threads": threads or max(1, int(num_cpus)),
@@ -173,14 +182,15 @@ def embed_files(args: argparse.Namespace) -> Any:
     from mrl_infer.jobs._readers import DEFAULT_TEXT_FIELD, expand_inputs
     from mrl_infer.jobs._writers import embedding_dtype, fsync_dir, open_writer, output_format
 
-    ray = _ray()
     t0 = time.monotonic()
+    # Refuse what the engine cannot do before importing (let alone starting) Ray.
     if args.resume:
         raise InputError(
             "--engine ray does not checkpoint; rerun without --resume (Ray retries failed tasks)"
         )
     if args.on_error != "fail":
         raise InputError("--engine ray supports only --on-error fail; use the local engine to skip bad rows")
+    ray = _ray()
     if output_format(args.output, args.output_format) != "parquet":
         raise InputError("--engine ray writes Parquet; give a .parquet output")
     files = expand_inputs(args.inputs, args.input_format)
@@ -215,6 +225,7 @@ def embed_files(args: argparse.Namespace) -> Any:
     common = {
         "column": text_field,
         "dim": args.dim,
+        "allow_any_dim": getattr(args, "allow_any_dim", False),
         "variant": args.variant,
         "device": "cpu" if args.device == "auto" else args.device,
         "batch_size": args.batch_size,
