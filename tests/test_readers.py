@@ -7,6 +7,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,11 +189,69 @@ def test_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [r.text for r in read_file("-", input_format="jsonl")] == ["s1", "s2"]
 
 
-def test_reader_streams_lazily(tmp_path: Path) -> None:
-    path = tmp_path / "big.txt.gz"
-    with gzip.open(path, "wb") as fh:
-        for i in range(200_000):
-            fh.write(f"line {i}\n".encode())
-    it = read_file(str(path))
-    assert next(it).text == "line 0"  # a generator: nothing beyond the first block is read yet
-    assert sum(1 for _ in it) == 199_999
+class _Budget(io.RawIOBase):
+    """A file that raises once more than ``limit`` bytes have been read from it."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115
+        self.limit = limit
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if self.read_bytes >= self.limit:
+            raise AssertionError(f"read past {self.limit} bytes: the reader is not lazy")
+        n = self._fh.readinto(memoryview(buf)[: self.limit - self.read_bytes])
+        self.read_bytes += n
+        return n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+@pytest.mark.parametrize("name", ["big.txt", "big.jsonl.gz", "big.csv.zst"])
+def test_reader_streams_lazily(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The first record needs at most a few MiB of a much larger file; then the rest streams."""
+    import hashlib
+
+    from mrl_infer.jobs import _readers
+
+    n = 300_000  # hex digests: even compressed, the file is several times the 3 MiB budget
+    body = [f"line {i} " + hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
+    data = {"txt": _txt, "jsonl": _jsonl, "csv": lambda t: _csv(t, ",")}[name.split(".")[1]](body)
+    path = _write(tmp_path / name, data)
+    assert path.stat().st_size > 3 * (3 << 20)
+    opened: list[_Budget] = []
+
+    def budget_open(file: str, mode: str = "r", *a: Any, **k: Any) -> Any:
+        assert mode == "rb"
+        opened.append(_Budget(file, limit=3 << 20))
+        return io.BufferedReader(opened[-1])
+
+    monkeypatch.setattr(_readers, "open", budget_open, raising=False)
+    it = read_file(str(path), id_field=None if name.endswith("txt") else "id")
+    assert next(it).text == body[0]
+    assert opened and opened[0].read_bytes <= 3 << 20  # an eager reader raises above
+    opened[0].limit = 1 << 40
+    assert sum(1 for _ in it) == n - 1
+
+
+def test_malformed_json_message_has_no_doubled_word(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "unterminated}\n')
+    (rec,) = read_file(str(path))
+    assert rec.error == "malformed JSON (Unterminated string starting at column 10)"
+
+
+def test_directory_recursion_skips_dot_and_underscore_names(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    for name in ["a.txt", "sub/b.txt", ".hidden.txt", "_SUCCESS.txt", ".git/x.txt", "_temporary/y.txt"]:
+        p = d / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("t\n")
+    assert [str(Path(f).relative_to(d)) for f in expand_inputs([str(d)])] == ["a.txt", "sub/b.txt"]
+    # a directory given explicitly is read even if its own name starts with '_'
+    assert [Path(f).name for f in expand_inputs([str(d / "_temporary")])] == ["y.txt"]
