@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mrl_infer.errors import MrlInferError
+from mrl_infer.errors import DimError, MrlInferError
 
 PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
 
@@ -26,22 +26,53 @@ def _workers(value: str) -> int | str:
     return "auto" if value == "auto" else _positive(value)
 
 
+_EMBED_EPILOG = """\
+rules:
+  inputs     .txt (one text per line; an empty line is an empty text), .jsonl/.ndjson (one JSON
+             object per line), .csv/.tsv (header row), .parquet; text formats may be .gz/.zst.
+             Files are read in the order given; a glob or directory expands to its files sorted
+             by path (directories recursively, skipping names starting with '.' or '_').
+  order, ids output row i is input row i across all inputs. The id is --id-field's value (as a
+             string) or else the row's 0-based index across all inputs, counting skipped rows.
+  outputs    .npy ([rows, dim], exactly what np.save writes), .parquet (id, [text,] embedding;
+             metadata: model, variant, dim, precision, ranges), .jsonl ({"id", ["text",]
+             "embedding"}). int8/uint8 ranges are the per-dim min/max of the first
+             --calibration-rows rows, also written to OUTPUT.ranges.json.
+  bad rows   (malformed JSON, missing field, invalid UTF-8, a NaN/inf embedding, ...) stop the job
+             with FILE:LINE and exit 2; with --on-error skip they are left out and listed in
+             OUTPUT.skipped.jsonl. Nothing is ever dropped silently.
+  crashes    the job works in OUTPUT.mrl-job/ and renames the finished file onto OUTPUT at the
+             end: a file under the final name is complete. After a crash or Ctrl-C (exit 130)
+             rerun with --resume: the output is byte for byte that of an uninterrupted run.
+             --resume with other inputs or options refuses and lists the differences; --resume
+             on a finished output says it is complete and exits 0. An existing OUTPUT is only
+             replaced with --overwrite, and never when it is one of the inputs.
+  workers    auto: 2 processes on a machine with 2+ cores, 1 if the inputs total under 1 MiB or
+             there is one core; the output does not depend on the number of workers.
+  exit       0 done, 2 error (one line: 'mrl-embed: error: ...'), 130 interrupted.
+"""
+
+
 def _add_embed(sub: Any) -> None:
     p = sub.add_parser(
         "embed",
         help="embed text files into .npy / Parquet / JSONL, streaming and resumable",
         description=(
-            "Embed every row of the inputs, in order: output row i is input row i, across files in the "
-            "order given. Inputs: .txt (one text per line; an empty line is an empty text), .jsonl, .csv, "
-            ".tsv, .parquet, optionally .gz/.zst compressed; globs, directories, '-' for stdin. "
-            "Ids: --id-field carries an input field; otherwise the id is the row's 0-based index across "
-            "all inputs (skipped rows keep their index). See docs/cli.md."
+            "Embed every row of the inputs, in order, into one output file; streaming (memory does "
+            "not grow with the input), checkpointed and resumable."
         ),
+        epilog=_EMBED_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, globs, directories, or '-' for stdin")
     p.add_argument("-o", "--output", required=True, help="output file (.npy, .parquet or .jsonl)")
     p.add_argument("--model", help="model directory or Hub id (default: the embedded default model)")
     p.add_argument("--dim", type=_positive, help="output dim, one of the model's Matryoshka dims")
+    p.add_argument(
+        "--allow-any-dim",
+        action="store_true",
+        help="accept a --dim the model does not declare as a Matryoshka dim (quality not guaranteed)",
+    )
     p.add_argument("--variant", default="auto", help="model variant: auto, fp32, int8, fp16 (default auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--batch-size", type=_positive, default=32, help="texts per model call (default 32)")
@@ -89,7 +120,7 @@ def _add_embed(sub: Any) -> None:
         type=_workers,
         default="auto",
         help="processes embedding in parallel, the cores split between them; auto (default): 2 on a "
-        "machine with 2+ cores unless the input is under 1 MiB (see docs/cli.md)",
+        "machine with 2+ cores unless the inputs total under 1 MiB",
     )
     p.add_argument(
         "--threads", type=_positive, help="ONNX Runtime threads per worker (default: cores / workers)"
@@ -131,6 +162,16 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_message(exc: BaseException) -> str:
+    """An error's message in CLI terms (the runtime names Python arguments)."""
+    msg = str(exc)
+    if isinstance(exc, DimError):
+        msg = msg.replace("pass allow_any_dim=True", "pass --allow-any-dim").replace(
+            "allow_any_dim=True", "--allow-any-dim"
+        )
+    return msg
+
+
 def _human_size(n: int | None) -> str:
     if n is None:
         return "missing"
@@ -164,7 +205,12 @@ def format_info(model_dir: Path) -> str:
         f"model:            {m.name or model_dir.name}",
         f"directory:        {model_dir}",
         f"embedding dim:    {m.embedding_dim}",
-        f"matryoshka dims:  {', '.join(map(str, m.dims))}",
+        "matryoshka dims:  "
+        + (
+            ", ".join(map(str, m.dims))
+            if m.matryoshka_dims and list(m.matryoshka_dims) != [m.embedding_dim]
+            else f"{m.embedding_dim} only: no Matryoshka dims declared; pass --dims to mrl-export"
+        ),
         f"max seq length:   {m.max_seq_length}",
         f"normalize:        {m.normalize} (similarity: {m.similarity_fn_name})",
         f"pooling:          {m.pooling or '-'}",
@@ -246,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mrl-embed", description="Torch-free Matryoshka embeddings over ONNX Runtime, for files."
     )
+    from mrl_infer import __version__
+
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
+    parser.add_argument("--version", action="version", version=f"mrl-embed {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{embed,info,eval}")
     _add_embed(sub)
     info = sub.add_parser("info", help="show a model's dims, prompts, variants, parity and providers")
@@ -276,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     except (MrlInferError, ValueError, FileNotFoundError) as exc:
-        print(f"mrl-embed: error: {exc}", file=sys.stderr)
+        print(f"mrl-embed: error: {_cli_message(exc)}", file=sys.stderr)
         return 2
 
 

@@ -258,3 +258,185 @@ def test_eval(
     out = capsys.readouterr().out
     assert "| model | variant | dim |" in out
     assert out.count("| int8 |") == 2
+
+
+# --------------------------------------------------------------------------- issue 11 / 17: CLI guarantees
+def _ls(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+def _poison_file(tmp_path: Path) -> tuple[Path, list[int]]:
+    bad = [3, 17, 18, 41]
+    src = tmp_path / "in.txt"
+    src.write_text("".join((f"row {i} poison" if i in bad else f"row {i} fine") + "\n" for i in range(50)))
+    return src, bad
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_embed_nonfinite_rows(
+    tmp_path: Path, nan_model_dir: Path, capsys: pytest.CaptureFixture[str], workers: str
+) -> None:
+    src, bad = _poison_file(tmp_path)
+    out = tmp_path / "o.jsonl"
+    args = ["embed", str(src), "-o", str(out), "--model", str(nan_model_dir), "--chunk-size", "16", "-q"]
+    assert main([*args, "--workers", workers]) == 2
+    err = capsys.readouterr().err
+    assert f"mrl-embed: error: {src}:4: the model produced a NaN/inf embedding" in err
+    assert "--on-error skip" in err
+    assert _ls(tmp_path) == ["in.txt"]
+    assert main([*args, "--workers", workers, "--on-error", "skip"]) == 0
+    assert "skipped rows: 4" in capsys.readouterr().err
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [i for i in range(50) if i not in bad]
+    assert np.isfinite([r["embedding"] for r in rows]).all()
+    skipped = [json.loads(x) for x in (tmp_path / "o.jsonl.skipped.jsonl").read_text().splitlines()]
+    assert [s["line"] for s in skipped] == [i + 1 for i in bad]
+    assert _ls(tmp_path) == ["in.txt", "o.jsonl", "o.jsonl.skipped.jsonl"]
+
+
+def test_failed_starts_leave_nothing(
+    tmp_path: Path, nan_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnxruntime as ort
+
+    src, _ = _poison_file(tmp_path)
+    src.write_text("a\nb\n")
+    base = ["embed", str(src), "-o", str(tmp_path / "o.npy"), "--model", str(nan_model_dir), "-q"]
+    cases = [(["--dim", "77"], "out of range"), (["--prompt-name", "nope"], "unknown prompt_name 'nope'")]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        cases.append((["--device", "cuda"], "no CUDAExecutionProvider"))
+    cases.append((["--dim", "3"], "pass --allow-any-dim"))
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "allow_any_dim=True" not in err, err
+        assert _ls(tmp_path) == ["in.txt"], extra  # no OUTPUT.mrl-job/lock left behind
+    assert main([*base, "--dim", "3", "--allow-any-dim"]) == 0
+    assert np.load(tmp_path / "o.npy").shape == (2, 3)
+
+
+def test_output_that_is_an_input_is_refused(
+    tmp_path: Path, nan_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "data.jsonl"
+    src.write_text('{"text": "a"}\n{"text": "b"}\n')
+    before = src.read_bytes()
+    assert main(["embed", str(src), "-o", str(src), "--overwrite", "--model", str(nan_model_dir), "-q"]) == 2
+    assert "is an input of this job" in capsys.readouterr().err
+    assert src.read_bytes() == before and _ls(tmp_path) == ["data.jsonl"]
+
+
+def test_resume_of_finished_output_exits_0(
+    tmp_path: Path, nan_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("a\nb\nc\n")
+    args = ["embed", str(src), "-o", str(tmp_path / "o.npy"), "--model", str(nan_model_dir), "-q"]
+    assert main(args) == 0
+    capsys.readouterr()
+    for _ in range(2):  # a rerun script is idempotent
+        assert main([*args, "--resume"]) == 0
+        assert "o.npy is already complete (3 rows); nothing to resume" in capsys.readouterr().err
+    assert _ls(tmp_path) == ["in.txt", "o.npy"]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import mrl_infer
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mrl-embed {mrl_infer.__version__}"
+
+
+def test_embed_help_stands_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["embed", "--help"])
+    out = capsys.readouterr().out
+    assert "docs/" not in out  # a pip install has no docs directory
+    for rule in (
+        "--allow-any-dim",
+        "OUTPUT.skipped.jsonl",
+        "0-based index across all inputs",
+        "under 1 MiB",
+        "--calibration-rows",
+        "exit 130",
+        "byte for byte",
+        "skipping names starting with '.' or '_'",
+    ):
+        assert rule in out, rule
+
+
+@pytest.mark.parametrize("dims", [None, [8]])
+def test_info_without_matryoshka_dims(
+    tmp_path: Path, nan_model_dir: Path, capsys: pytest.CaptureFixture[str], dims: list[int] | None
+) -> None:
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(nan_model_dir, model)
+    manifest = json.loads((model / "mrl_infer.json").read_text())
+    manifest["matryoshka_dims"] = dims
+    (model / "mrl_infer.json").write_text(json.dumps(manifest))
+    assert main(["info", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "matryoshka dims:  8 only: no Matryoshka dims declared; pass --dims to mrl-export" in out
+    assert main(["info", str(nan_model_dir)]) == 0
+    assert "matryoshka dims:  8, 4\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [("--resume", "does not checkpoint"), ("--on-error=skip", "supports only --on-error fail")],
+)
+def test_ray_refusals_do_not_start_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, message: str
+) -> None:
+    pa = pytest.importorskip("pyarrow")
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["a"]}), src)
+    ray_loaded = "ray" in sys.modules
+    assert main(["embed", str(src), "-o", str(tmp_path / "o.parquet"), "--engine", "ray", flag, "-q"]) == 2
+    assert message in capsys.readouterr().err
+    assert ("ray" in sys.modules) == ray_loaded  # refused before Ray was even imported
+    if ray_loaded:
+        assert not sys.modules["ray"].is_initialized()
+    assert _ls(tmp_path) == ["in.parquet"]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_exits_130_and_resumes(tmp_path: Path, nan_model_dir: Path, workers: str) -> None:
+    """SIGINT to the job's process group, as a terminal's Ctrl-C sends it: exit 130, resumable."""
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"line {i} " + "word " * (i % 7) + "\n" for i in range(20_000)))
+    common = [
+        str(src),
+        "--model",
+        str(nan_model_dir),
+        "--chunk-size",
+        "32",
+        "--checkpoint-seconds",
+        "0",
+        "-q",
+    ]
+    ref = tmp_path / "ref.npy"
+    r = _cli("embed", *common, "--workers", workers, "-o", str(ref))
+    assert r.returncode == 0, r.stderr.decode()
+    out = tmp_path / "o.npy"
+    workdir = tmp_path / "o.npy.mrl-job"
+    args = [sys.executable, "-m", "mrl_infer.cli", "embed", *common, "--workers", workers, "-o", str(out)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while _state_rows(workdir) < 64 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the job finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted; rerun with --resume" in err.decode()
+    assert not out.exists() and (workdir / "state.json").exists()
+    r = _cli("embed", *common, "--workers", workers, "-o", str(out), "--resume")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "resumed at row" in r.stderr.decode()
+    assert out.read_bytes() == ref.read_bytes()
