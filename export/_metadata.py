@@ -54,38 +54,62 @@ def source_file_hashes(model_dir: Path) -> dict[str, str]:
     return out
 
 
+#: Printed by the export and recorded in the manifest when a model declares no Matryoshka dims.
+NO_DIMS_NOTE = "no Matryoshka dims declared; pass --dims"
+
+
+def _clean_dims(values: Any, embedding_dim: int) -> list[int] | None:
+    """Positive ints <= embedding_dim, deduplicated, largest first; None when nothing usable remains."""
+    if not isinstance(values, (list, tuple)):
+        return None
+    try:
+        ints = {int(v) for v in values if not isinstance(v, bool)}
+    except (TypeError, ValueError):
+        return None
+    dims = sorted((d for d in ints if 0 < d <= embedding_dim), reverse=True)
+    return dims or None
+
+
 def _dims_from_text(text: str, embedding_dim: int) -> list[int] | None:
     for match in _DIMS_RE.finditer(text):
-        dims = sorted({int(x) for x in match.group(1).replace(" ", "").split(",") if x}, reverse=True)
-        dims = [d for d in dims if 0 < d <= embedding_dim]
+        values = [x for x in match.group(1).split(",") if x.strip()]
+        dims = _clean_dims(values, embedding_dim)
         if dims:
             return dims
     return None
 
 
 def discover_matryoshka_dims(
-    model_dir: Path | None, st_config: dict[str, Any], embedding_dim: int
-) -> list[int] | None:
-    """Matryoshka dims from model metadata, or None when the model does not declare any.
+    model_dir: Path | None,
+    st_config: dict[str, Any],
+    embedding_dim: int,
+    hf_config: dict[str, Any] | None = None,
+) -> tuple[list[int] | None, str | None]:
+    """``(dims, where)``: the Matryoshka dims the model declares and where from, else ``(None, None)``.
 
-    Looked up, in order: ``config_sentence_transformers.json`` (``matryoshka_dims`` key), the model card
-    ``README.md`` (``matryoshka_dims: [...]`` as ST writes a MatryoshkaLoss config into the card), and any
-    ``training_args.json`` / ``trainer_state.json`` in the directory.
+    Looked up, in order: ``matryoshka_dimensions`` in ``config.json`` (the convention vLLM reads),
+    ``matryoshka_dims`` in ``config_sentence_transformers.json``, the model card ``README.md`` (Sentence
+    Transformers renders a ``MatryoshkaLoss``'s parameters there as a JSON block with ``"matryoshka_dims"``),
+    and any ``training_args.json`` / ``trainer_state.json`` in the directory.
     """
-    value = st_config.get("matryoshka_dims")
-    if isinstance(value, list) and value:
-        dims = sorted({int(d) for d in value if 0 < int(d) <= embedding_dim}, reverse=True)
-        if dims:
-            return dims
+    if hf_config is None and model_dir is not None:
+        hf_config = read_json(model_dir / "config.json")
+    dims = _clean_dims((hf_config or {}).get("matryoshka_dimensions"), embedding_dim)
+    if dims:
+        return dims, "config.json (matryoshka_dimensions)"
+    dims = _clean_dims(st_config.get("matryoshka_dims"), embedding_dim)
+    if dims:
+        return dims, "config_sentence_transformers.json (matryoshka_dims)"
     if model_dir is None:
-        return None
+        return None, None
     for name in ("README.md", "training_args.json", "trainer_state.json"):
         path = model_dir / name
         if path.is_file():
             dims = _dims_from_text(path.read_text(encoding="utf-8", errors="replace"), embedding_dim)
             if dims:
-                return dims
-    return None
+                card = name == "README.md"
+                return dims, "model card README.md (MatryoshkaLoss matryoshka_dims)" if card else name
+    return None, None
 
 
 def read_json(path: Path) -> dict[str, Any]:

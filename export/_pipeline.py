@@ -6,6 +6,7 @@ import gc
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,17 @@ def run_export(
             matryoshka_dims: list[int] | None = sorted(set(dims), reverse=True)
             dims_source = "--dims"
         else:
-            matryoshka_dims = _metadata.discover_matryoshka_dims(model_dir, st_config, embedding_dim)
-            dims_source = "model metadata" if matryoshka_dims else None
+            matryoshka_dims, dims_source = _metadata.discover_matryoshka_dims(
+                model_dir, st_config, embedding_dim, config
+            )
+            if matryoshka_dims is None:
+                warnings.warn(
+                    f"{_metadata.NO_DIMS_NOTE} (searched config.json matryoshka_dimensions, "
+                    "config_sentence_transformers.json and the model card's MatryoshkaLoss parameters); "
+                    f"the model is exported at its full dim {embedding_dim} only",
+                    UserWarning,
+                    stacklevel=2,
+                )
         check_dims = sorted({embedding_dim, *(matryoshka_dims or [])}, reverse=True)
 
         # 5. trace to ONNX with a model loaded for tracing (eager attention when the model supports it)
@@ -285,6 +295,7 @@ def run_export(
                     "quantize": quantize,
                     "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
                     "matryoshka_dims_from": dims_source,
+                    **({} if matryoshka_dims else {"matryoshka_dims_note": _metadata.NO_DIMS_NOTE}),
                     "seconds": timings,
                 },
             },

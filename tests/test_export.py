@@ -103,10 +103,12 @@ def test_minilm_parity_figures(minilm_export: tuple[Path, dict[str, Any]]) -> No
     fp32 = manifest["variants"]["fp32"]["parity"]["dims"]
     int8 = manifest["variants"]["int8"]["parity"]["dims"]
     assert set(fp32) == {str(d) for d in MINILM_DIMS}
+    # Measured (onnxruntime 1.32, opset 17, optimize none): fp32 min cosine 1 - 1e-12 and max abs diff
+    # 2.2e-7..5.6e-7; int8 (dynamic, per-channel) min cosine 0.969..0.974 over the built-in + STS-B texts.
     for d in MINILM_DIMS:
-        assert fp32[str(d)]["min_cosine"] >= 0.99999
-        assert fp32[str(d)]["max_abs_diff"] < 1e-4
-        assert int8[str(d)]["min_cosine"] > 0.9
+        assert fp32[str(d)]["min_cosine"] >= 0.9999999
+        assert fp32[str(d)]["max_abs_diff"] < 5e-6
+        assert int8[str(d)]["min_cosine"] > 0.96
     if _verify.find_stsb_dev() is not None:
         delta = manifest["variants"]["int8"]["parity"]["stsb_spearman_delta_vs_fp32"]
         assert abs(delta["384"]) < 0.02
@@ -292,17 +294,119 @@ def test_metadata_discovery(tmp_path: Path) -> None:
         prompts={"query": "query: ", "document": "passage: "},
         default_prompt_name="query",
     )
-    (src / "README.md").write_text(
-        "---\ntags: [sentence-transformers]\n---\nTrained with MatryoshkaLoss\n"
-        '```json\n{"loss": "MultipleNegativesRankingLoss", "matryoshka_dims": [32, 16, 8, 4]}\n```\n',
-        encoding="utf-8",
-    )
+    (src / "README.md").write_text(_card_with_matryoshka_loss(src, [32, 16, 8, 4]), encoding="utf-8")
     manifest = mrl_export.export(src, tmp_path / "out", variants=("fp32",), show_progress=False)
     assert manifest["matryoshka_dims"] == [32, 16, 8, 4]
-    assert manifest["source"]["export"]["matryoshka_dims_from"] == "model metadata"
+    assert manifest["source"]["export"]["matryoshka_dims_from"].startswith("model card README.md")
     assert manifest["prompts"]["query"] == "query: "
     assert manifest["default_prompt_name"] == "query"
     assert manifest["variants"]["fp32"]["parity"]["prompt"] == "query: "
+
+
+def _card_with_matryoshka_loss(src: Path, dims: list[int]) -> str:
+    """A model card's training section as sentence-transformers 5.7 renders a MatryoshkaLoss.
+
+    Same code path as ``sentence_transformers.base.model_card`` (``json.dumps(loss.get_config_dict(),
+    indent=4)`` in a json fence, indented two spaces under "* Loss: ... with these parameters:").
+    """
+    from textwrap import indent
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses
+
+    model = SentenceTransformer(str(src), device="cpu")
+    loss = losses.MatryoshkaLoss(model, losses.MultipleNegativesRankingLoss(model), dims)
+    code = indent(f"```json\n{json.dumps(loss.get_config_dict(), indent=4)}\n```", "  ")
+    return (
+        "---\ntags: [sentence-transformers]\n---\n# Model\n\n## Training Details\n\n"
+        "* Loss: [<code>MatryoshkaLoss</code>](https://sbert.net/docs/package_reference/sentence_transformer/"
+        f"losses.html#matryoshkaloss) with these parameters:\n{code}\n"
+    )
+
+
+def test_dims_from_config_json(tmp_path: Path, tiny_bert: Path) -> None:
+    """``matryoshka_dimensions`` in config.json (the key vLLM reads) is picked up; it beats the model card."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_bert, src)
+    cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    (src / "config.json").write_text(json.dumps({**cfg, "matryoshka_dimensions": [8, 32, 16]}), "utf-8")
+    (src / "README.md").write_text(_card_with_matryoshka_loss(src, [32, 4]), encoding="utf-8")
+    manifest = mrl_export.export(
+        src, tmp_path / "out", variants=("fp32",), validate=False, show_progress=False
+    )
+    assert manifest["matryoshka_dims"] == [32, 16, 8]
+    assert manifest["source"]["export"]["matryoshka_dims_from"] == "config.json (matryoshka_dimensions)"
+    # --dims overrides whatever the model declares.
+    rc = main(
+        [str(src), str(tmp_path / "cli"), "--variants", "fp32", "--no-validate", "-q", "--dims", "24,12"]
+    )
+    assert rc == 0
+    manifest = json.loads((tmp_path / "cli" / "mrl_infer.json").read_text(encoding="utf-8"))
+    assert manifest["matryoshka_dims"] == [24, 12]
+    assert manifest["source"]["export"]["matryoshka_dims_from"] == "--dims"
+
+
+def test_no_dims_declared(tmp_path: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No declared dims: a warning and a CLI note, and a manifest without dims (not [embedding_dim])."""
+    with pytest.warns(UserWarning, match=r"no Matryoshka dims declared; pass --dims"):
+        manifest = mrl_export.export(
+            tiny_bert, tmp_path / "api", variants=("fp32",), validate=False, show_progress=False
+        )
+    assert manifest["matryoshka_dims"] is None
+    assert manifest["source"]["export"]["matryoshka_dims_from"] is None
+    assert manifest["source"]["export"]["matryoshka_dims_note"] == "no Matryoshka dims declared; pass --dims"
+    assert load_manifest(tmp_path / "api").matryoshka_dims is None
+    capsys.readouterr()
+    assert main([str(tiny_bert), str(tmp_path / "cli"), "--variants", "fp32", "--no-validate", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "mrl-export: note: no Matryoshka dims declared; pass --dims" in err
+
+
+@pytest.mark.parametrize(
+    ("module", "dist"),
+    [
+        ("torch", "torch"),
+        ("transformers", "transformers"),
+        ("sentence_transformers", "sentence-transformers"),
+        ("optimum", "optimum"),
+        ("onnx", "onnx"),
+    ],
+)
+def test_cli_missing_export_extra(
+    module: str,
+    dist: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A runtime-only install: any missing export dependency names the extra and the exact pip command."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # what an absent module looks like to find_spec/import
+    assert main(["some/model", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'mrl-infer[export]'" in err and dist in err and "[export] extra" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_missing_onnx_subprocess(tmp_path: Path) -> None:
+    """The reported crash, end to end: the console entry point in a fresh interpreter without onnx."""
+    import subprocess
+    import sys
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['onnx'] = None\n", encoding="utf-8")
+    code = "import sys; from mrl_export.cli import main; sys.exit(main())"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "m", str(tmp_path / "o")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "ModuleNotFoundError" not in proc.stderr
+    assert "missing: onnx" in proc.stderr and "pip install 'mrl-infer[export]'" in proc.stderr
 
 
 def test_no_validate_and_validation_data(tmp_path: Path, tiny_bert: Path) -> None:
