@@ -108,3 +108,17 @@ def test_beats_base_minilm_at_small_dims(embedder: Embedder, subset: q.StsData) 
     theirs = q.sts_spearman_by_dim(lambda t: base.encode(t, batch_size=64), subset, [64, 32])
     for dim in (64, 32):
         assert ours[dim] >= theirs[dim] + MIN_GAIN_VS_BASE, (dim, ours, theirs)
+
+
+# Retrieval nDCG@10 x100 at dim 32 on the committed MNLI-val set (benchmarks/results/quality.md):
+# default 74.78 fp32 / 74.24 int8 (74.32 int8 measured by this test's code when it was written);
+# the non-Matryoshka control 71.09 fp32 / 70.43 int8; base 70.65 / 70.12. The STS-B ratio floors above
+# are passed by the control too; this one is not (the control is 1.9 to 2.6 points below it).
+MIN_NDCG10_AT_32 = 73.0
+
+
+def test_is_matryoshka_retrieval_at_dim_32(embedder: Embedder) -> None:
+    """Separates the default from its control: nDCG@10 at dim 32 with the project's own quality code."""
+    data = q.load_retrieval(ROOT / "benchmarks" / "data" / "retrieval")
+    got = q.retrieval_by_dim(lambda t: embedder.encode(t, normalize_embeddings=False), data, [32])
+    assert got[32]["ndcg@10"] >= MIN_NDCG10_AT_32, got
