@@ -8,6 +8,7 @@ ties; binary-relevance nDCG@k; recall@k), tested against scipy/hand-computed ref
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -20,11 +21,20 @@ import numpy as np
 EncodeFn = Callable[[list[str]], np.ndarray]
 """Maps texts to full-dim embeddings ``[n, d]`` (unnormalized is fine; truncation renormalizes)."""
 
+logger = logging.getLogger("mrl_infer.eval")
+
 _REPO = Path(__file__).resolve().parents[1]
+PACKAGED_DATA_DIR = Path(__file__).resolve().parent / "eval_data"
+"""Shipped with the package (see its PROVENANCE.md): the official STS-B test split and the MNLI-val set."""
+PACKAGED_STS = {"test": PACKAGED_DATA_DIR / "stsb" / "sts-test.csv.gz"}
 DEFAULT_DATA_DIR = _REPO.parent / "shared" / "data"
-"""STS-B lives outside the repo (license/size); override with ``data_dir`` or ``$MRL_QUALITY_DATA``."""
-DEFAULT_RETRIEVAL_DIR = _REPO / "benchmarks" / "data" / "retrieval"
-"""The committed MNLI-val retrieval set (see its PROVENANCE.md)."""
+"""Other splits (dev, train): ``../shared/data`` in a checkout, or ``data_dir`` / ``$MRL_QUALITY_DATA``."""
+DEFAULT_RETRIEVAL_DIR = PACKAGED_DATA_DIR / "retrieval"
+"""The MNLI-val retrieval set, a packaged copy of ``benchmarks/data/retrieval`` (see its PROVENANCE.md)."""
+STS_SOURCE_HINT = (
+    "the STS Benchmark (official release: http://ixa2.si.ehu.eus/stswiki, stsbenchmark.tar.gz; "
+    "sts-<split>.csv, or a sentence1<TAB>sentence2<TAB>score TSV)"
+)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -128,19 +138,32 @@ class RetrievalData:
 
 
 def load_sts(path: str | os.PathLike[str]) -> StsData:
-    """Read an STS-B TSV (header, tab-separated, **no quoting**: quotes are part of the text)."""
-    s1, s2, sc = [], [], []
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
+    """Read STS-B pairs (``.gz`` allowed; tab-separated, **no quoting**: quotes are part of the text).
+
+    Two layouts: a TSV with a header naming ``sentence1``, ``sentence2`` and ``score``; or the official
+    release's ``sts-<split>.csv`` (no header: genre, file, year, id, score, sentence1, sentence2, optional
+    license fields).
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="\n") as f:  # type: ignore[operator]
+        lines = [line.rstrip("\n").removesuffix("\r") for line in f]
+    header = lines[0].split("\t") if lines else []
+    if "sentence1" in header or "score" in header:
         cols = {name: i for i, name in enumerate(header)}
         i1, i2, isc = cols.get("sentence1", 0), cols.get("sentence2", 1), cols.get("score", 2)
-        for line in f:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) <= max(i1, i2, isc):
-                continue
-            s1.append(parts[i1])
-            s2.append(parts[i2])
-            sc.append(float(parts[isc]))
+        body = lines[1:]
+    else:  # the official headerless layout
+        i1, i2, isc = 5, 6, 4
+        body = lines
+    s1, s2, sc = [], [], []
+    for line in body:
+        parts = line.split("\t")
+        if len(parts) <= max(i1, i2, isc):
+            continue
+        s1.append(parts[i1])
+        s2.append(parts[i2])
+        sc.append(float(parts[isc]))
     return StsData(s1, s2, np.asarray(sc, dtype=np.float64))
 
 
@@ -232,10 +255,17 @@ def evaluate_encoder(
 
 
 def _resolve_sts(data_dir: str | os.PathLike[str] | None, split: str) -> Path | None:
-    base = Path(data_dir) if data_dir else Path(os.environ.get("MRL_QUALITY_DATA", DEFAULT_DATA_DIR))
-    for cand in (base / "stsb" / f"{split}.tsv", base / f"{split}.tsv"):
-        if cand.exists():
-            return cand
+    """STS-B ``split`` from ``data_dir`` (or ``$MRL_QUALITY_DATA``) when given, else the packaged copy
+    (test) or a checkout's ``../shared/data``."""
+    explicit = data_dir or os.environ.get("MRL_QUALITY_DATA")
+    bases = [Path(explicit)] if explicit else [DEFAULT_DATA_DIR]
+    for base in bases:
+        for name in (f"stsb/{split}.tsv", f"{split}.tsv", f"stsb/sts-{split}.csv", f"sts-{split}.csv"):
+            for cand in (base / name, base / f"{name}.gz"):
+                if cand.exists():
+                    return cand
+    if not explicit and split in PACKAGED_STS and PACKAGED_STS[split].exists():
+        return PACKAGED_STS[split]
     return None
 
 
@@ -254,30 +284,50 @@ def evaluate(
 
     Rows: model, variant, dim, stsb_spearman, ndcg@10, recall@100 (scores x100; None where the
     data set was not found). STS-B is read from ``data_dir`` (``<data_dir>/stsb/<split>.tsv`` or
-    ``<data_dir>/<split>.tsv``; default ``$MRL_QUALITY_DATA`` or ``../shared/data``); the retrieval
-    set from ``retrieval_dir`` (default: the committed ``benchmarks/data/retrieval``).
-    Variants the model does not ship are skipped.
+    ``<data_dir>/<split>.tsv``, or the official ``sts-<split>.csv``; ``.gz`` allowed) or
+    ``$MRL_QUALITY_DATA``; without either, the packaged test split (``mrl_infer/eval_data``). The retrieval
+    set comes from ``retrieval_dir`` (default: the packaged MNLI-val set). A missing data set and a
+    variant the model does not ship are each logged as a warning on ``mrl_infer.eval``; if none of
+    ``variants`` exists, :class:`~mrl_infer.errors.ModelFormatError`.
     """
     from mrl_infer import Embedder  # late import: keeps this module importable without the runtime
     from mrl_infer.errors import ModelFormatError
 
     sts_path = _resolve_sts(data_dir, split)
     sts = load_sts(sts_path) if sts_path else None
+    where = data_dir or os.environ.get("MRL_QUALITY_DATA") or DEFAULT_DATA_DIR
     rdir = Path(retrieval_dir) if retrieval_dir else DEFAULT_RETRIEVAL_DIR
     retrieval = (
         load_retrieval(rdir) if (rdir / "qrels.tsv.gz").exists() or (rdir / "qrels.tsv").exists() else None
     )
     if sts is None and retrieval is None:
         raise FileNotFoundError(
-            f"no evaluation data: STS-B {split}.tsv not under {data_dir or DEFAULT_DATA_DIR} "
-            f"and no retrieval set in {rdir}; pass data_dir=/retrieval_dir="
+            f"no evaluation data: no STS-B {split} split under {where} and no retrieval set "
+            f"(queries/corpus/qrels.tsv[.gz]) in {rdir}. STS-B is {STS_SOURCE_HINT}; pass --data DIR "
+            "(data_dir=) and retrieval_dir="
         )
+    if sts is None:
+        logger.warning(
+            "note: STS-B columns are empty: no STS-B %s split under %s (looked for stsb/%s.tsv, %s.tsv, "
+            "sts-%s.csv). Get %s and pass --data DIR",
+            split,
+            where,
+            split,
+            split,
+            split,
+            STS_SOURCE_HINT,
+        )
+    if retrieval is None:
+        logger.warning("note: retrieval columns are empty: no queries/corpus/qrels.tsv[.gz] in %s", rdir)
     rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
     for variant in variants:
         try:
             emb = Embedder(model, variant=variant, threads=threads, allow_any_dim=True)
         except ModelFormatError as exc:  # a variant this model does not ship
             if "variant" in str(exc):
+                logger.warning("note: variant %s skipped: the model does not ship it (%s)", variant, exc)
+                skipped.append(variant)
                 continue
             raise
         use_dims = list(dims) if dims else list(emb.dims)
@@ -290,6 +340,8 @@ def evaluate(
         rows += evaluate_encoder(
             encode, use_dims, sts=sts, retrieval=retrieval, model=str(model), variant=variant
         )
+    if not rows and skipped:
+        raise ModelFormatError(f"{model}: none of the variants {list(variants)} exists in this model")
     return rows
 
 

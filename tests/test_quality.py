@@ -98,3 +98,70 @@ def test_committed_subset_and_retrieval_set_load() -> None:
     assert len(r.queries) == 1681 and len(r.docs) == 5000
     assert sum(len(v) for v in r.qrels.values()) == 1784
     assert all(d in set(r.doc_ids) for v in r.qrels.values() for d in v)
+
+
+def test_ndcg_and_recall_mix_skipped_and_judged_queries() -> None:
+    """Queries without judgements are left out of the mean, not counted as 0 (nor do they shift the rest)."""
+    ranked = [["a", "b"], ["x", "y"], ["p", "q"], ["m", "n"]]
+    rel: list[set[str]] = [{"a"}, set(), {"q"}, set()]
+    ndcg_q2 = (1 / math.log2(3)) / 1.0
+    assert q.ndcg_at_k(ranked, rel, k=10) == pytest.approx((1.0 + ndcg_q2) / 2)
+    assert q.recall_at_k(ranked, rel, k=1) == pytest.approx((1.0 + 0.0) / 2)
+    assert q.recall_at_k(ranked, rel, k=2) == pytest.approx(1.0)
+    # The same two judged queries alone give the same figures.
+    judged = [0, 2]
+    assert q.ndcg_at_k([ranked[i] for i in judged], [rel[i] for i in judged]) == q.ndcg_at_k(ranked, rel)
+
+
+def test_packaged_eval_data() -> None:
+    """The data `mrl-embed eval` uses in a plain install: official STS-B test and the MNLI-val copy."""
+    import hashlib
+
+    sts = q.load_sts(q.PACKAGED_STS["test"])
+    assert len(sts.s1) == 1379 and sts.scores.min() >= 0 and sts.scores.max() <= 5
+    assert sts.s1[0] == "A girl is styling her hair." and sts.s2[0] == "A girl is brushing her hair."
+    assert (q.PACKAGED_DATA_DIR / "stsb" / "LICENSE.txt").is_file()
+    assert "CC BY-SA" in (q.PACKAGED_DATA_DIR / "PROVENANCE.md").read_text(encoding="utf-8")
+    repo_copy = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "retrieval"
+    for name in ("queries.tsv.gz", "corpus.tsv.gz", "qrels.tsv.gz"):
+        packaged = (q.DEFAULT_RETRIEVAL_DIR / name).read_bytes()
+        assert hashlib.sha256(packaged).digest() == hashlib.sha256((repo_copy / name).read_bytes()).digest()
+    # Without data_dir / $MRL_QUALITY_DATA the test split always resolves (packaged or ../shared copy).
+    assert q._resolve_sts(None, "test") is not None
+
+
+def test_load_sts_official_layout(tmp_path: Path) -> None:
+    """The official sts-*.csv layout (no header; score is field 5) reads the same as the cleaned TSV."""
+    p = tmp_path / "sts-test.csv"
+    p.write_text(
+        'main-captions\tMSRvid\t2012test\t0024\t2.500\t"A" girl.\tA girl is brushing her hair.\n'
+        "main-forums\tanswer-answer\t2016\t0008\t3\tOne.\tTwo.\tStackExchange Network: x\tStackExchange: y\n",
+        encoding="utf-8",
+    )
+    d = q.load_sts(p)
+    assert d.s1 == ['"A" girl.', "One."] and d.s2 == ["A girl is brushing her hair.", "Two."]
+    assert d.scores.tolist() == [2.5, 3.0]
+
+
+def test_eval_notes_dropped_variant_and_missing_sts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default model ships int8 only: fp32 is skipped with a note; absent STS-B data is named."""
+    monkeypatch.delenv("MRL_QUALITY_DATA", raising=False)
+    ret = tmp_path / "ret"
+    ret.mkdir()
+    (ret / "queries.tsv").write_text("id\ttext\nq0\ta cat sits on the mat\n", encoding="utf-8")
+    (ret / "corpus.tsv").write_text("id\ttext\nd0\ta cat on a mat\nd1\tstock prices fell\n", "utf-8")
+    (ret / "qrels.tsv").write_text("query_id\tdoc_id\nq0\td0\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="mrl_infer.eval"):
+        rows = q.evaluate(
+            str(Path(q.__file__).parent / "models" / "default"),
+            dims=[32],
+            data_dir=tmp_path / "empty",
+            retrieval_dir=ret,
+        )
+    assert [r["variant"] for r in rows] == ["int8"]
+    assert rows[0]["stsb_spearman"] is None and rows[0]["ndcg@10"] is not None
+    text = caplog.text
+    assert "variant fp32 skipped" in text
+    assert "no STS-B test split" in text and "stswiki" in text and "--data" in text
