@@ -16,6 +16,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "test-models"
+# The verified-files cache of the hash check stays in the repo's ignored .cache, not the user's home.
+os.environ.setdefault("MRL_INFER_CACHE_DIR", str(REPO / ".cache" / "mrl_infer"))
 MINILM_DIMS = [384, 256, 128, 64, 32]
 
 EDGE_TEXTS = [
