@@ -19,9 +19,48 @@ def test_corpus_generator_is_deterministic_and_long_tailed() -> None:
     assert words.min() >= 5 and words.max() <= 120 and 15 <= np.median(words) <= 30
 
 
-def test_flops_formula() -> None:
-    # 6 layers x 2 x (4 h^2 + 2 h i) = 21.2 MFLOP per token, plus attention
-    assert models.flops_per_text(1) == pytest.approx(6 * (2 * (4 * 384**2 + 2 * 384 * 1536) + 4 * 384))
+MINILM_CONFIG = {
+    "num_hidden_layers": 6,
+    "hidden_size": 384,
+    "intermediate_size": 1536,
+    "num_attention_heads": 12,
+}
+
+
+def _matmul_count(n_tokens: int, cfg: dict[str, int]) -> int:
+    """FLOPs as 2*m*k*n summed over every matmul of one BERT layer stack, listed shape by shape."""
+    L, h, i, heads = n_tokens, cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"]
+    dh = h // heads
+    per_layer = [(L, h, h)] * 4 + [(L, h, i), (L, i, h)]  # Q, K, V, O projections; FFN up, down
+    per_layer += [(L, dh, L)] * heads + [(L, L, dh)] * heads  # Q K^T and softmax(.) V, per head
+    return cfg["num_hidden_layers"] * sum(2 * m * k * n for m, k, n in per_layer)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 7, 128, 256])
+def test_flops_formula(n_tokens: int) -> None:
+    """At L > 1 the attention's 2 * 2 * L^2 * h terms are visible (at L = 1 they are a 0.1% rounding)."""
+    cfg = MINILM_CONFIG
+    got = models.flops_per_text(
+        n_tokens, layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"], inter=cfg["intermediate_size"]
+    )
+    assert got == _matmul_count(n_tokens, cfg)
+    assert models.flops_per_text(n_tokens) == got  # the defaults are all-MiniLM-L6-v2's
+
+
+def test_flops_formula_against_torch_flop_counter() -> None:
+    """An independent count: torch's FlopCounterMode on a BertModel with MiniLM's shapes (random weights)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = transformers.BertConfig(**MINILM_CONFIG, vocab_size=100, attn_implementation="eager")
+    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    for n_tokens in (9, 64):
+        ids = torch.randint(0, 100, (1, n_tokens))
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        assert counter.get_total_flops() == models.flops_per_text(n_tokens), n_tokens
 
 
 def test_harness_smoke(minilm_model_dir: Path, tmp_path: Path) -> None:
