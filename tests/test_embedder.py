@@ -122,7 +122,7 @@ def test_cpu_batches_capped_by_tokens_whatever_batch_size(
 def test_int8_batch_size_tolerance(int8: Embedder) -> None:
     """Dynamic int8 quantizes activations with ranges over each batch, so results depend on the batch.
 
-    Stated tolerance (docs/runtime.md): for the same text, cosine >= 0.95 between any two batch sizes
+    Stated tolerance (README.md): for the same text, cosine >= 0.95 between any two batch sizes
     and >= 0.985 on average (measured: min 0.961, mean 0.991 for batch 1 vs 8..128). fp32 has no such
     effect (see test_fp32_independent_of_batch_size).
     """
