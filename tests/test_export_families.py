@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -15,6 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import mrl_export
 from mrl_export import ExportError
 from mrl_export._testing import make_custom_code_model, make_tiny_st_model
+
+from mrl_infer import Embedder
+from mrl_infer._quality import truncate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,6 +43,35 @@ def _check_parity(manifest: dict[str, Any], int8_min: float = 0.95, fp16_min: fl
         for d, m in dims.items():
             floor = {"fp32": 0.99999, "int8": int8_min, "fp16": fp16_min}[name]
             assert m["min_cosine"] >= floor, f"{name} dim {d}: {m}"
+
+
+RUNTIME_TEXTS = [
+    "a short one",
+    "A somewhat longer sentence, so that the batch is padded for the others.",
+    "x",
+    "Numbers 1 2 3 and punctuation!? mixed in with words " * 3,
+]
+
+
+def _check_runtime(
+    src: Path, out: Path, manifest: dict[str, Any], prompt_name: str | None = None, **st_kwargs: Any
+) -> None:
+    """The export through the runtime (mrl_infer.Embedder, fp32) vs sentence-transformers (PyTorch) itself.
+
+    Not the export's own parity figures: the runtime's tokenizer, batching, padding side and
+    prompt_length handling, against the PyTorch model, at each declared dim (truncated, renormalized).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(src), device="cpu", **st_kwargs)
+    ref = model.encode(
+        RUNTIME_TEXTS, prompt_name=prompt_name, normalize_embeddings=False, convert_to_numpy=True
+    )
+    with Embedder(out, variant="fp32", device="cpu") as emb:
+        for d in manifest["matryoshka_dims"] or [manifest["embedding_dim"]]:
+            got = emb.encode(RUNTIME_TEXTS, dim=d, prompt_name=prompt_name)
+            cos = (truncate(got, d) * truncate(ref, d)).sum(axis=1)
+            assert cos.min() >= 0.9999, f"dim {d}: runtime vs PyTorch cosines {np.round(cos, 6)}"
 
 
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -73,6 +106,7 @@ def test_family_exports_and_verifies(tmp_path: Path, family: str, sts_tsv: Path)
     assert set(manifest["variants"]["fp32"]["parity"]["dims"]) == {str(expected_dim), "16", "8"}
     assert "stsb_spearman_delta_vs_fp32" in manifest["variants"]["int8"]["parity"]
     assert manifest["variants"]["fp16"]["target"] == "cuda"
+    _check_runtime(src, tmp_path / "out", manifest)
     if family == "gemma3":
         assert manifest["pooling"]["post_pooling"] == ["Dense(32->64, Identity)", "Dense(64->24, Identity)"]
     if family == "qwen3":
@@ -90,6 +124,7 @@ def test_custom_code_needs_trust_remote_code(tmp_path: Path, sts_tsv: Path) -> N
     assert manifest["source"]["trust_remote_code"] is True
     assert manifest["source"]["model_type"] == "tiny_encoder"
     _check_parity(manifest)
+    _check_runtime(src, tmp_path / "out", manifest, trust_remote_code=True)
 
 
 POOLINGS: list[tuple[str, Any, dict[str, Any]]] = [
@@ -121,6 +156,8 @@ def test_pooling_modes(tmp_path: Path, family: str, mode: Any, extra: dict[str, 
         src, tmp_path / "out", variants=("fp32",), validation_data=sts_tsv, show_progress=False
     )
     _check_parity(manifest)
+    prompt_name = None if kwargs.get("include_prompt", True) else "query"
+    _check_runtime(src, tmp_path / "out", manifest, prompt_name=prompt_name)
     modes = [mode] if isinstance(mode, str) else list(mode)
     assert manifest["pooling"]["modes"] == modes
     if not kwargs.get("include_prompt", True):
