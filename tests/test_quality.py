@@ -130,6 +130,15 @@ def test_packaged_eval_data() -> None:
     assert q._resolve_sts(None, "test") is not None
 
 
+def test_packaged_sts_used_without_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clone or pip install has no ../shared: the packaged STS-B test split is used, not '–'."""
+    monkeypatch.delenv("MRL_QUALITY_DATA", raising=False)
+    monkeypatch.setattr(q, "DEFAULT_DATA_DIR", tmp_path / "no-shared")
+    assert q._resolve_sts(None, "test") == q.PACKAGED_STS["test"]
+    assert q._resolve_sts(None, "dev") is None  # only the test split ships
+    assert q._resolve_sts(tmp_path / "explicit", "test") is None  # an explicit dir is not second-guessed
+
+
 def test_load_sts_official_layout(tmp_path: Path) -> None:
     """The official sts-*.csv layout (no header; score is field 5) reads the same as the cleaned TSV."""
     p = tmp_path / "sts-test.csv"
