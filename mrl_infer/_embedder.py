@@ -267,8 +267,9 @@ class Embedder:
 
     @property
     def num_truncated(self) -> int:
-        """Inputs cut at ``max_seq_length`` since this Embedder was created."""
-        return self._num_truncated
+        """Inputs cut at ``max_seq_length`` since this Embedder was created (all calls, all threads)."""
+        with self._lock:
+            return self._num_truncated
 
     def __repr__(self) -> str:
         return (
@@ -333,8 +334,9 @@ class Embedder:
         return self.manifest.prompts[prompt_name]
 
     # ----------------------------------------------------------------- core
-    def _embed_chunk(self, texts: Sequence[str], batch_size: int, prompt: str) -> np.ndarray:
-        """Pooled, unnormalized embeddings of one chunk, in input order."""
+    def _embed_chunk(self, texts: Sequence[str], batch_size: int, prompt: str) -> tuple[np.ndarray, int]:
+        """Pooled, unnormalized embeddings of one chunk, in input order, and how many texts were cut
+        at max_seq_length (counted per call: other threads may share this Embedder)."""
         if prompt:
             texts = [prompt + t for t in texts]
         enc = self._tokenizer.encode(texts)
@@ -354,7 +356,7 @@ class Embedder:
             if self._needs_prompt_length:
                 feeds["prompt_length"] = np.full(len(idx), prompt_len, dtype=np.int64)
             out[idx] = self._session.run(self.manifest.output, feeds)
-        return out
+        return out, int(enc.num_truncated)
 
     def _finish(self, pooled: np.ndarray, dim: int, normalize_embeddings: bool) -> np.ndarray:
         return truncate(
@@ -363,25 +365,25 @@ class Embedder:
 
     def _embed_block(
         self, texts: Sequence[str], batch_size: int, prompt: str, dim: int, normalize: bool, offset: int
-    ) -> np.ndarray:
-        """Finished float32 rows of one block; bad texts and NaN/inf rows are named by their index
-        in the whole call (``offset`` is the index of ``texts[0]``)."""
+    ) -> tuple[np.ndarray, int]:
+        """Finished float32 rows of one block and its truncation count; bad texts and NaN/inf rows
+        are named by their index in the whole call (``offset`` is the index of ``texts[0]``)."""
         try:
-            pooled = self._embed_chunk(texts, batch_size, prompt)
+            pooled, truncated = self._embed_chunk(texts, batch_size, prompt)
         except Exception as exc:
             bad = _unencodable(texts, offset)
             if bad is None:
                 raise
             raise bad from exc
         _check_finite(pooled, offset)
-        return self._finish(pooled, dim, normalize)
+        return self._finish(pooled, dim, normalize), truncated
 
     def _check_open(self) -> None:
         if self._closed:
             raise EmbedderClosedError(f"{self!r} was closed; create a new Embedder to embed again")
 
-    def _report_truncated(self, before: int, total: int) -> None:
-        n = self._num_truncated - before
+    def _report_truncated(self, n: int, total: int) -> None:
+        """Warn once per call about the ``n`` of its ``total`` inputs that were truncated."""
         if n > 0:
             logger.warning(
                 "%d of %d inputs were longer than max_seq_length=%d tokens and were truncated",
@@ -426,7 +428,7 @@ class Embedder:
         if not items:
             return np.empty((0, output_width(dim, precision)), dtype=output_dtype(precision))
 
-        before = self._num_truncated
+        truncated = 0
         chunks: list[np.ndarray] = []
         bar = None
         if show_progress_bar:
@@ -436,15 +438,17 @@ class Embedder:
         try:
             for start in range(0, len(items), _ENCODE_CHUNK):
                 chunk = items[start : start + _ENCODE_CHUNK]
-                chunks.append(
-                    self._embed_block(chunk, batch_size, text_prompt, dim, normalize_embeddings, start)
+                rows, n_cut = self._embed_block(
+                    chunk, batch_size, text_prompt, dim, normalize_embeddings, start
                 )
+                chunks.append(rows)
+                truncated += n_cut
                 if bar is not None:
                     bar.update(len(chunk))
         finally:
             if bar is not None:
                 bar.close()
-        self._report_truncated(before, len(items))
+        self._report_truncated(truncated, len(items))
         result = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
         if precision != "float32":
             result = quantize_embeddings(result, precision, ranges, calibration_embeddings)
@@ -498,7 +502,7 @@ class Embedder:
         precision: str,
         ranges: np.ndarray | None,
     ) -> Iterator[np.ndarray]:
-        before = self._num_truncated
+        truncated = 0
         it = iter(texts)
         seen = 0
         while True:
@@ -507,12 +511,13 @@ class Embedder:
                 break
             for i, item in enumerate(chunk):
                 _check_text(item, seen + i)
-            out = self._embed_block(chunk, batch_size, prompt, dim, normalize_embeddings, seen)
+            out, n_cut = self._embed_block(chunk, batch_size, prompt, dim, normalize_embeddings, seen)
+            truncated += n_cut
             seen += len(chunk)
             if precision != "float32":
                 out = quantize_embeddings(out, precision, ranges)
             yield out
-        self._report_truncated(before, seen)
+        self._report_truncated(truncated, seen)
 
     def close(self) -> None:
         """Release the ONNX Runtime session (and its memory arena); later encode calls raise

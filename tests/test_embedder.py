@@ -326,8 +326,47 @@ def test_shared_across_threads(fp32: Embedder) -> None:
     for t in threads:
         t.join()
     assert not errors
+    assert sorted(results) == [0, 1, 2, 3]
     for k, out in results.items():
         np.testing.assert_allclose(np.roll(out, k * 10, axis=0), expected, atol=1e-5)
+
+
+def test_truncation_reported_per_call_across_threads(fp32: Embedder) -> None:
+    """Each call reports its own truncations, not those of calls running beside it in other threads."""
+    records: list[tuple[str, str]] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "truncated" in record.getMessage():
+                records.append((threading.current_thread().name, record.getMessage()))
+
+    texts = [f"short text {i}" for i in range(200)] + ["word " * 300]
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            barrier.wait()
+            fp32.encode(texts, dim=64, batch_size=8)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    handler = Recorder(logging.WARNING)
+    log = logging.getLogger("mrl_infer")
+    log.addHandler(handler)
+    before = fp32.num_truncated
+    try:
+        threads = [threading.Thread(target=work, name=f"worker-{k}") for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        log.removeHandler(handler)
+    assert not errors
+    expected = "1 of 201 inputs were longer than max_seq_length=256 tokens and were truncated"
+    assert sorted(records) == [(f"worker-{k}", expected) for k in range(4)], records
+    assert fp32.num_truncated - before == 4  # the lifetime total still counts every call
 
 
 # ---------------------------------------------------------------- no torch
