@@ -21,25 +21,38 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
+#: Where physical_cores reads the CPU topology (a test points it elsewhere).
+CPUINFO = "/proc/cpuinfo"
+
+
+def count_physical_cores(cpuinfo: str, allowed: set[int]) -> int:
+    """Distinct (physical id, core id) pairs among the ``allowed`` processors of a /proc/cpuinfo text;
+    ``len(allowed)`` where the text names none (or cannot be parsed)."""
+    cores: set[tuple[str, str]] = set()
+    try:
+        for block in cpuinfo.split("\n\n"):
+            fields = dict(
+                (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines())
+            )
+            if "processor" in fields and int(fields["processor"]) in allowed:
+                cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
+    except ValueError:
+        cores = set()
+    return max(1, len(cores) if cores else len(allowed))
+
+
 def physical_cores() -> int:
     """Physical cores this process may run on (hyperthreads make ONNX Runtime slower, not faster)."""
     try:
         allowed = os.sched_getaffinity(0)
     except AttributeError:  # macOS, Windows
         allowed = set(range(os.cpu_count() or 1))
-    cores: set[tuple[str, str]] = set()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            blocks = f.read().split("\n\n")
-        for block in blocks:
-            fields = dict(
-                (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines())
-            )
-            if "processor" in fields and int(fields["processor"]) in allowed:
-                cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
-    except (OSError, ValueError):
-        pass
-    return max(1, len(cores) if cores else len(allowed))
+        with open(CPUINFO, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    return count_physical_cores(text, set(allowed))
 
 
 @dataclass(frozen=True)
