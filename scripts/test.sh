@@ -14,12 +14,23 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[export,dev,files,ray,bench]"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# Where a GPU is present, onnxruntime-gpu (the [cuda] pin) replaces onnxruntime, and the CUDA tests
+# must then pass: MRL_INFER_EXPECT_CUDA=1 turns a CUDA provider that does not attach into a failure.
+# Both packages own the onnxruntime module, so both are removed and the GPU one installed alone
+# (--no-deps: the runtime's own onnxruntime dependency would otherwise come back over it).
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+    ortgpu=$(python -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))
+print(next(r for r in d["project"]["optional-dependencies"]["cuda"] if r.startswith("onnxruntime-gpu")))')
+    python -m pip uninstall -q -y onnxruntime onnxruntime-gpu
+    python -m pip install -q --no-deps "$ortgpu"
+    export MRL_INFER_EXPECT_CUDA=1
+fi
 all=0
 if [ "${1:-}" = "--all" ]; then all=1; shift; fi
 ruff check mrl_infer export tests benchmarks
 python -m pytest -m "not slow and not cuda" "$@"
 if [ "$all" = 1 ]; then
-    # cuda tests run here too: they skip only where no GPU is present.
+    # cuda tests run here too: they skip only where no GPU is present (see MRL_INFER_EXPECT_CUDA above).
     set +e
     python -m pytest -m "slow or cuda" "$@"
     rc=$?
