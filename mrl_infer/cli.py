@@ -185,12 +185,12 @@ def _human_size(n: int | None) -> str:
 
 def _resolve_model_dir(model: str | None) -> Path:
     """A local model directory for ``model`` (None: the embedded default; else a path or Hub id)."""
-    from mrl_infer._hub import HubModel, default_model_dir, is_local
+    from mrl_infer._hub import HubModel, default_model_dir, is_local, local_model_dir
 
     if model is None:
         return default_model_dir()
     if is_local(model):
-        return Path(model).expanduser()
+        return local_model_dir(model)
     return HubModel(model, None, None).fetch("mrl_infer.json").parent
 
 

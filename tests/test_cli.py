@@ -440,3 +440,9 @@ def test_ctrl_c_exits_130_and_resumes(tmp_path: Path, nan_model_dir: Path, worke
     assert r.returncode == 0, r.stderr.decode()
     assert "resumed at row" in r.stderr.decode()
     assert out.read_bytes() == ref.read_bytes()
+
+
+def test_info_on_a_mistyped_path_says_no_such_model_directory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "./no/such/model"]) == 2
+    err = capsys.readouterr().err
+    assert "no such model directory" in err and "no/such/model" in err
