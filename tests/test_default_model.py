@@ -4,7 +4,6 @@ fine-tuned PyTorch model's embeddings, and is Matryoshka (small dims keep most o
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from mrl_infer import Embedder, load_manifest
 from mrl_infer import _quality as q
+from mrl_infer._integrity import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / "mrl_infer" / "models" / "default"
@@ -40,14 +40,6 @@ def subset() -> q.StsData:
     return q.load_sts(DATA / "stsb_dev_subset.tsv")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def test_loads_offline_with_no_argument(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     emb = Embedder()
@@ -65,7 +57,7 @@ def test_shipped_files_match_manifest() -> None:
     shipped = {p.name for p in DEFAULT_DIR.iterdir()}
     for name, v in m.variants.items():
         assert v.file in shipped, f"variant {name} names {v.file}, which is not shipped"
-        assert v.sha256 and _sha256(DEFAULT_DIR / v.file) == v.sha256
+        assert v.sha256 and sha256_file(DEFAULT_DIR / v.file) == v.sha256
     for f in m.tokenizer.files:
         assert f in shipped
     # Only the listed ONNX files are shipped (no stray variants).

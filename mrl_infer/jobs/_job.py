@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from mrl_infer._integrity import sha256_file
 from mrl_infer.errors import InputError, NonFiniteEmbeddingError
 from mrl_infer.jobs._readers import STDIN, ReadProgress, Record, detect_format, expand_inputs, read_inputs
 from mrl_infer.jobs._writers import (
@@ -340,14 +341,6 @@ def _chunks(
 
 
 # --------------------------------------------------------------------------- checkpoint state
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 _RUNTIME_MODULES = ("_embedder.py", "_session.py", "_tokenize.py", "_precision.py")
 
 
@@ -385,7 +378,7 @@ def _fingerprint(opts: JobOptions, files: list[str], emb: Any, fmt: str) -> dict
         "inputs": inputs,
         "model": {
             "dir": str(model_dir.resolve()),
-            "manifest_sha256": _sha256(model_dir / "mrl_infer.json"),
+            "manifest_sha256": sha256_file(model_dir / "mrl_infer.json"),
             "variant": emb.variant,
             "variant_file_size": variant_path.stat().st_size if variant_path.exists() else None,
             "device": emb.device,
