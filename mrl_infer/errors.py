@@ -45,3 +45,7 @@ class NonFiniteEmbeddingError(MrlInferError, ValueError):
 
 class EmbedderClosedError(MrlInferError, RuntimeError):
     """The Embedder was closed (``close()`` or the end of a ``with`` block) and cannot embed any more."""
+
+
+class IndexFormatError(ModelFormatError):
+    """A search index directory is incomplete, from a newer format version, or damaged; names the file."""
