@@ -1,0 +1,275 @@
+"""The math of funnel search: shortlist tiers, the compiled scan, the rerank and exact search.
+
+Nothing here knows about files, ids or texts (that is ``_store`` and ``_index``). All vectors are
+unit-normalized, so the inner product is the cosine similarity.
+
+The shortlist scan runs in onnxruntime (already a runtime dependency): one small graph per tier
+precision (``graphs/scan_*.onnx``, written by ``scripts/build_scan_graphs.py``) scores a chunk of
+the tier against a block of queries (one GEMM, both cores) and returns that chunk's exact top
+``kk`` through a grouped max-reduce and two TopKs, so neither the score matrix nor the selection
+ever goes through per-query Python. Chunks of ``CHUNK`` rows bound memory for any N:
+a ``[QUERY_BLOCK, CHUNK]`` float32 score block (64 MiB) at most.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Shortlist precisions: float16 (2 B/dim), int8 with per-dim scales (1 B/dim), ubinary (1 bit/dim).
+SHORTLIST_PRECISIONS = ("float16", "int8", "ubinary")
+#: Rerank-tier precisions.
+RERANK_PRECISIONS = ("float16", "float32")
+#: Rows per onnxruntime call. 65,536 rows: the fewest calls at which the score block still fits
+#: the cache-friendly range measured in benchmarks/search.py (16k was slower, 256k no faster).
+CHUNK = 65_536
+#: Rows per group of the grouped max-reduce inside the scan graphs (scripts/build_scan_graphs.py).
+GROUP = 8
+#: Queries per scan pass: every query of a block shares one pass over the tier.
+QUERY_BLOCK = 256
+_GRAPHS = Path(__file__).with_name("graphs")
+
+
+def prefix_normalize(x: np.ndarray, dim: int) -> np.ndarray:
+    """First ``dim`` columns of ``x`` (float32 ``[n, D]``), each row renormalized to unit length."""
+    p = np.array(x[:, :dim], dtype=np.float32)
+    norms = np.linalg.norm(p, axis=1, keepdims=True)
+    np.maximum(norms, 1e-12, out=norms)
+    p /= norms
+    return p
+
+
+@dataclass
+class Tier:
+    """A shortlist tier: the first ``dim`` dims of every row, renormalized, at ``precision``.
+
+    ``data``: float16 ``[n, dim]``; int8 as uint8 ``[n, dim]`` holding ``int8 + 128`` (the form
+    MatMulInteger takes; the offset adds a per-query constant, which keeps each query's order);
+    ubinary as uint8 ``[n, dim // 8]`` (packed sign bits, MSB first).
+    ``scale``: for int8, the per-dim step (float32 ``[dim]``); the query absorbs it.
+    """
+
+    dim: int
+    precision: str
+    data: np.ndarray
+    scale: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes + (0 if self.scale is None else self.scale.nbytes))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        """Tier rows for unit vectors ``[n, D]`` (D >= dim); int8 rows beyond the scale saturate."""
+        p = prefix_normalize(vectors, self.dim)
+        if self.precision == "float16":
+            return p.astype(np.float16)
+        if self.precision == "int8":
+            assert self.scale is not None
+            return (np.clip(np.rint(p / self.scale), -127, 127) + 128).astype(np.uint8)
+        return np.packbits(p > 0, axis=1)
+
+    def append(self, vectors: np.ndarray) -> None:
+        self.data = np.concatenate([self.data, self.encode(vectors)])
+
+    def query(self, queries: np.ndarray) -> np.ndarray:
+        """The scan graph's query operand ``[dim, Q]``: the prefix, renormalized; for int8 times
+        the scale; for int8 and ubinary rounded to 7-bit ints (|q| <= 63) with one scale per query:
+        AVX2's u8 x s8 kernel adds pairs of products in int16, which 255 * 127 * 2 would overflow."""
+        q = prefix_normalize(queries, self.dim)
+        if self.precision == "float16":
+            return np.ascontiguousarray(q.T)
+        if self.scale is not None:
+            q *= self.scale
+        peak = np.maximum(np.abs(q).max(axis=1, keepdims=True), 1e-30)
+        return np.ascontiguousarray(np.rint(q * (63.0 / peak)).astype(np.int8).T)
+
+    def decode(self, start: int, stop: int) -> np.ndarray:
+        """float32 rows ``[start, stop)`` as the scan graph sees them (int8: +128; ubinary: {0, 1})."""
+        part = self.data[start:stop]
+        if self.precision == "ubinary":
+            return np.unpackbits(part, axis=1)[:, : self.dim].astype(np.float32)
+        return part.astype(np.float32)
+
+
+def make_tier(vectors: np.ndarray, dim: int, precision: str) -> Tier:
+    """Build a tier from unit vectors ``[n, D]``; the int8 scale is fitted to these rows."""
+    if precision not in SHORTLIST_PRECISIONS:
+        raise ValueError(f"shortlist_precision must be one of {SHORTLIST_PRECISIONS}, got {precision!r}")
+    if precision == "ubinary" and dim % 8:
+        raise ValueError(f"a ubinary shortlist needs shortlist_dim divisible by 8, got {dim}")
+    scale = None
+    if precision == "int8":
+        p = prefix_normalize(vectors, dim)
+        peak = np.abs(p).max(axis=0) if len(p) else np.ones(dim, np.float32)
+        scale = (np.maximum(peak, 1e-6) / 127.0).astype(np.float32)
+    width = dim // 8 if precision == "ubinary" else dim
+    tier = Tier(dim, precision, np.empty((0, width), np.float16 if precision == "float16" else np.uint8), scale)
+    tier.data = tier.encode(vectors)
+    return tier
+
+
+class _Sessions:
+    """One onnxruntime session per scan graph, created on first use and shared by threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[tuple[str, int | None], object] = {}
+
+    def get(self, precision: str, threads: int | None) -> object:
+        key = (precision, threads)
+        with self._lock:
+            if key not in self._sessions:
+                import onnxruntime as ort
+
+                so = ort.SessionOptions()
+                so.log_severity_level = 3
+                if threads:
+                    so.intra_op_num_threads = threads
+                path = str(_GRAPHS / f"scan_{precision}.onnx")
+                self._sessions[key] = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            return self._sessions[key]
+
+
+_SESSIONS = _Sessions()
+
+
+def top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` of each row of ``scores`` ``[Q, m]`` (with their ``rows``), best first."""
+    k = min(k, scores.shape[1])
+    if k < scores.shape[1]:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores = np.take_along_axis(scores, part, 1)
+        rows = np.take_along_axis(rows, part, 1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+
+
+def _scan_block(tier: Tier, q: np.ndarray, kk: int, threads: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``kk`` rows for the query block ``q`` (``[dim, Q]``, from :meth:`Tier.query`)."""
+    n = len(tier)
+    session = _SESSIONS.get(tier.precision, threads)
+    qf = q.astype(np.float32)
+    kept_s: list[np.ndarray] = []
+    kept_r: list[np.ndarray] = []
+    width = 0
+    for start in range(0, n, CHUNK):
+        stop = min(n, start + CHUNK)
+        kc = min(kk, stop - start)
+        if stop - start == CHUNK and kc <= CHUNK // GROUP:
+            s, r = session.run(  # type: ignore[attr-defined]
+                None, {"t": tier.data[start:stop], "q": q, "kk": np.array([kc], dtype=np.int64)}
+            )
+        else:  # a short last chunk (or a shortlist wider than the graph allows): plain numpy
+            s_all = (tier.decode(start, stop) @ qf).T  # [Q, m]
+            s, r = top_k(s_all, np.broadcast_to(np.arange(stop - start), s_all.shape), kc)
+        kept_s.append(s)
+        kept_r.append(r + start)
+        width += kc
+        if width > 8 * kk:
+            s, r = top_k(np.concatenate(kept_s, 1), np.concatenate(kept_r, 1), kk)
+            kept_s, kept_r, width = [s], [r], kk
+    return top_k(np.concatenate(kept_s, 1), np.concatenate(kept_r, 1), kk)
+
+
+def shortlist(
+    tier: Tier, queries: np.ndarray, kk: int, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``kk`` rows of the tier for each query (unit vectors ``[Q, D]``): scores and rows ``[Q, kk]``.
+
+    Scores are the tier's own (int8/ubinary: scaled integers), comparable within a query only.
+    """
+    out_s, out_r = [], []
+    for b in range(0, len(queries), QUERY_BLOCK):
+        s, r = _scan_block(tier, tier.query(queries[b : b + QUERY_BLOCK]), kk, threads)
+        out_s.append(s)
+        out_r.append(r)
+    return np.concatenate(out_s), np.concatenate(out_r)
+
+
+class RowStore:
+    """The rerank tier: unit rows ``[n, dim]`` in segments (memory-mapped from disk, or in RAM).
+
+    Only the rows asked for are read from a memory-mapped segment.
+    """
+
+    def __init__(self, dim: int, precision: str, segments: list[np.ndarray] | None = None) -> None:
+        if precision not in RERANK_PRECISIONS:
+            raise ValueError(f"rerank_precision must be one of {RERANK_PRECISIONS}, got {precision!r}")
+        self.dim = dim
+        self.precision = precision
+        self.segments: list[np.ndarray] = list(segments or [])
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.segments)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(s.nbytes) for s in self.segments)
+
+    def append(self, vectors: np.ndarray) -> None:
+        self.segments.append(prefix_normalize(vectors, self.dim).astype(self.precision))
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """float32 ``[len(rows), dim]`` for sorted, distinct ``rows``."""
+        out = np.empty((len(rows), self.dim), np.float32)
+        offset = 0
+        for seg in self.segments:
+            lo, hi = np.searchsorted(rows, [offset, offset + len(seg)])
+            if hi > lo:
+                out[lo:hi] = seg[rows[lo:hi] - offset]
+            offset += len(seg)
+        return out
+
+    def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 block) over the whole tier, ``size`` rows at a time."""
+        offset = 0
+        for seg in self.segments:
+            for start in range(0, len(seg), size):
+                yield offset + start, np.asarray(seg[start : start + size], dtype=np.float32)
+            offset += len(seg)
+
+
+def rerank(
+    store: RowStore, queries: np.ndarray, candidates: np.ndarray, k: int, dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rescore ``candidates`` ``[Q, C]`` with the first ``dim`` rerank dims; best ``k`` ``[Q, k]``."""
+    out_s, out_r = [], []
+    for b in range(0, len(queries), 64):
+        cand = candidates[b : b + 64]  # [q, C]
+        uniq, inverse = np.unique(cand, return_inverse=True)
+        rows = store.gather(uniq)  # [U, D]
+        if dim < store.dim:
+            rows = prefix_normalize(rows, dim)
+        q = prefix_normalize(queries[b : b + 64], dim)  # [q, dim]
+        vecs = rows[inverse.reshape(cand.shape)]  # [q, C, dim]
+        scores = np.einsum("qcd,qd->qc", vecs, q)  # [q, C]
+        s, r = top_k(scores, cand, k)
+        out_s.append(s)
+        out_r.append(r)
+    return np.concatenate(out_s), np.concatenate(out_r)
+
+
+def exact(store: RowStore, queries: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top ``k`` over the whole rerank tier at ``dim`` dims (the reference)."""
+    k = min(k, len(store))
+    out_s, out_r = [], []
+    for b in range(0, len(queries), QUERY_BLOCK):
+        q = prefix_normalize(queries[b : b + QUERY_BLOCK], dim)
+        kept_s = np.empty((len(q), 0), np.float32)
+        kept_r = np.empty((len(q), 0), np.int64)
+        for start, block in store.chunks(CHUNK):
+            if dim < store.dim:
+                block = prefix_normalize(block, dim)
+            s_all = q @ block.T  # [q, m]
+            s, r = top_k(s_all, np.broadcast_to(np.arange(start, start + len(block)), s_all.shape), k)
+            kept_s, kept_r = top_k(np.concatenate([kept_s, s], 1), np.concatenate([kept_r, r], 1), k)
+        out_s.append(kept_s)
+        out_r.append(kept_r)
+    return np.concatenate(out_s), np.concatenate(out_r)

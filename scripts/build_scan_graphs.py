@@ -1,0 +1,121 @@
+"""Writes the shortlist-scan graphs shipped in mrl_infer/search/graphs/ (needs the onnx package).
+
+Each graph scores one chunk of the shortlist tier against a batch of queries and returns the chunk's
+top ``kk`` (exact): scores ``[n, Q]`` are max-reduced over groups of ``G`` rows, the top ``kk`` groups
+are kept (every top-``kk`` row lies in one of them), and the best ``kk`` rows of those groups are
+returned. This keeps the selection ~G times cheaper than a TopK over all scores, in compiled code.
+
+    python scripts/build_scan_graphs.py            # rewrite the shipped files
+    python scripts/build_scan_graphs.py --check    # exit 1 if they differ from what this writes
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto as TP
+from onnx import helper
+
+GROUP = 8
+OUT = Path(__file__).resolve().parents[1] / "mrl_infer" / "search" / "graphs"
+
+
+def _i64(name: str, values: list[int]) -> onnx.TensorProto:
+    return helper.make_tensor(name, TP.INT64, [len(values)], values)
+
+
+def build(precision: str) -> onnx.ModelProto:
+    """The scan graph for a tier stored as float16, int8 (as uint8 = int8 + 128) or ubinary.
+
+    Scores are ``t @ q``: ``t`` the tier chunk ``[n, d]`` as the big GEMM operand, ``q`` the
+    pre-transposed query block ``[d, Q]``. int8 and ubinary tiers are multiplied as uint8 against
+    int8 queries (MatMulInteger, int32 scores): the +128 offset of the uint8 rows adds a constant
+    per query, and ubinary's {0, 1} rows give ``q . b``, both order-preserving for each query.
+    """
+    nodes = []
+    inits = [_i64("axis0", [0]), _i64("axis1", [1]), _i64("two", [2]), _i64("minus1", [-1]),
+             _i64("expand", [1, GROUP, 1]), _i64("group", [GROUP])]
+    if precision == "float16":
+        tin = helper.make_tensor_value_info("t", TP.FLOAT16, ["n", "d"])
+        qin = helper.make_tensor_value_info("q", TP.FLOAT, ["d", "Q"])
+        nodes += [helper.make_node("Cast", ["t"], ["tf"], to=TP.FLOAT),
+                  helper.make_node("MatMul", ["tf", "q"], ["s"])]                    # [n, Q] float
+    else:
+        qin = helper.make_tensor_value_info("q", TP.INT8, ["d", "Q"])
+        rows = "t"
+        if precision == "ubinary":
+            # t: uint8 [n, d/8], MSB first (numpy.packbits) -> uint8 {0, 1} [n, d]
+            tin = helper.make_tensor_value_info("t", TP.UINT8, ["n", "b"])
+            inits += [helper.make_tensor("shifts", TP.UINT8, [8], [7, 6, 5, 4, 3, 2, 1, 0]),
+                      helper.make_tensor("one", TP.UINT8, [], [1]), _i64("axis2", [2]),
+                      _i64("bits_shape", [0, -1])]
+            nodes += [
+                helper.make_node("Unsqueeze", ["t", "axis2"], ["t3"]),                   # [n, b, 1]
+                helper.make_node("BitShift", ["t3", "shifts"], ["sh"], direction="RIGHT"),  # [n, b, 8]
+                helper.make_node("BitwiseAnd", ["sh", "one"], ["bits"]),
+                helper.make_node("Reshape", ["bits", "bits_shape"], ["tb"]),             # [n, d]
+            ]
+            rows = "tb"
+        else:
+            tin = helper.make_tensor_value_info("t", TP.UINT8, ["n", "d"])
+        nodes.append(helper.make_node("MatMulInteger", [rows, "q"], ["s"]))             # [n, Q] int32
+    nodes += [
+        helper.make_node("Shape", ["s"], ["s_shape"]),
+        helper.make_node("Slice", ["s_shape", "axis1", "two"], ["qdim"]),                # [1] = Q
+        helper.make_node("Concat", ["minus1", "group", "qdim"], ["shape3"], axis=0),
+        helper.make_node("Concat", ["minus1", "qdim"], ["flat"], axis=0),
+        helper.make_node("Reshape", ["s", "shape3"], ["s3"]),                          # [n/G, G, Q]
+        helper.make_node("ReduceMax", ["s3", "axis1"], ["gmax"], keepdims=0),          # [n/G, Q]
+        helper.make_node("Transpose", ["gmax"], ["gmaxt"], perm=[1, 0]),               # [Q, n/G]
+        helper.make_node("TopK", ["gmaxt", "kk"], ["gval", "gidxt"], axis=1),           # [Q, kk]
+        helper.make_node("Transpose", ["gidxt"], ["gidx"], perm=[1, 0]),               # [kk, Q]
+        helper.make_node("Unsqueeze", ["gidx", "axis1"], ["gidx3"]),                   # [kk, 1, Q]
+        helper.make_node("Expand", ["gidx3", "expand"], ["gidxe"]),                    # [kk, G, Q]
+        helper.make_node("GatherElements", ["s3", "gidxe"], ["blk"], axis=0),          # [kk, G, Q]
+        helper.make_node("Reshape", ["blk", "flat"], ["cand"]),                        # [kk*G, Q]
+        helper.make_node("Transpose", ["cand"], ["candt"], perm=[1, 0]),               # [Q, kk*G]
+        helper.make_node("TopK", ["candt", "kk"], ["top", "local"], axis=1),            # [Q, kk]
+        helper.make_node("Cast", ["top"], ["scores"], to=TP.FLOAT),
+        helper.make_node("Div", ["local", "group"], ["slot"]),
+        helper.make_node("Mod", ["local", "group"], ["within"]),
+        helper.make_node("GatherElements", ["gidxt", "slot"], ["grp"], axis=1),        # [Q, kk]
+        helper.make_node("Mul", ["grp", "group"], ["base"]),
+        helper.make_node("Add", ["base", "within"], ["rows"]),                         # [Q, kk] rows in chunk
+    ]
+    graph = helper.make_graph(
+        nodes,
+        f"mrl_infer_scan_{precision}",
+        [tin, qin, helper.make_tensor_value_info("kk", TP.INT64, [1])],
+        [helper.make_tensor_value_info("scores", TP.FLOAT, ["Q", "k"]),
+         helper.make_tensor_value_info("rows", TP.INT64, ["Q", "k"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                              producer_name="mrl_infer scripts/build_scan_graphs.py")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def main() -> int:
+    check = "--check" in sys.argv[1:]
+    OUT.mkdir(parents=True, exist_ok=True)
+    stale = []
+    for precision in ("float16", "int8", "ubinary"):
+        data = build(precision).SerializeToString()
+        path = OUT / f"scan_{precision}.onnx"
+        if check:
+            if not path.is_file() or path.read_bytes() != data:
+                stale.append(str(path))
+        else:
+            path.write_bytes(data)
+    if stale:
+        print("stale scan graphs (run python scripts/build_scan_graphs.py):", *stale, sep="\n  ")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
