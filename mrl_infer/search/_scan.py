@@ -162,16 +162,24 @@ def _scan_block(tier: Tier, q: np.ndarray, kk: int, threads: int | None) -> tupl
     for start in range(0, n, CHUNK):
         stop = min(n, start + CHUNK)
         kc = min(kk, stop - start)
-        if stop - start == CHUNK and kc <= CHUNK // GROUP:
+        whole = (stop - start) // GROUP * GROUP  # the graph takes whole groups
+        parts = []
+        if whole // GROUP >= kc:
             s, r = session.run(  # type: ignore[attr-defined]
-                None, {"t": tier.data[start:stop], "q": q, "kk": np.array([kc], dtype=np.int64)}
+                None, {"t": tier.data[start : start + whole], "q": q, "kk": np.array([kc], dtype=np.int64)}
             )
-        else:  # a short last chunk (or a shortlist wider than the graph allows): plain numpy
-            s_all = (tier.decode(start, stop) @ qf).T  # [Q, m]
-            s, r = top_k(s_all, np.broadcast_to(np.arange(stop - start), s_all.shape), kc)
-        kept_s.append(s)
-        kept_r.append(r + start)
-        width += kc
+            parts.append((s, r + start))
+        else:
+            whole = 0
+        if start + whole < stop:  # rows the graph cannot take (< GROUP, or a tiny index): plain numpy
+            s_all = (tier.decode(start + whole, stop) @ qf).T  # [Q, m]
+            m = stop - start - whole
+            s, r = top_k(s_all, np.broadcast_to(np.arange(m), s_all.shape), min(kc, m))
+            parts.append((s, r + start + whole))
+        for s, r in parts:
+            kept_s.append(s)
+            kept_r.append(r)
+            width += s.shape[1]
         if width > 8 * kk:
             s, r = top_k(np.concatenate(kept_s, 1), np.concatenate(kept_r, 1), kk)
             kept_s, kept_r, width = [s], [r], kk
