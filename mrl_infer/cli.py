@@ -296,8 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
     parser.add_argument("--version", action="version", version=f"mrl-embed {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{embed,info,eval}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{embed,index,search,info,eval}")
     _add_embed(sub)
+    from mrl_infer.search._cli import add_parsers as add_search_parsers
+
+    add_search_parsers(sub)
     info = sub.add_parser("info", help="show a model's dims, prompts, variants, parity and providers")
     info.add_argument("model", nargs="?", help="model directory or Hub id (default: the embedded model)")
     ev = sub.add_parser("eval", help="STS-B / retrieval quality per dim and variant (mrl_infer._quality)")
@@ -315,7 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    handler = {"embed": _cmd_embed, "info": _cmd_info, "eval": _cmd_eval}[args.command]
+    handler = getattr(args, "handler", None) or {"embed": _cmd_embed, "info": _cmd_info, "eval": _cmd_eval}[
+        args.command
+    ]
     try:
         return handler(args)
     except KeyboardInterrupt:
