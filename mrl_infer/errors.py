@@ -1,4 +1,15 @@
-"""Exceptions raised by mrl_infer; each message names the file, field, index or dim at fault."""
+"""Exceptions raised by mrl_infer; each message names the file, field, index or dim at fault.
+
+MrlInferError
+├── ModelFormatError (ValueError)
+├── DeviceError (RuntimeError)
+├── DimError (ValueError)
+├── InputError (ValueError)
+├── HubConnectionError (ConnectionError)
+├── NonFiniteEmbeddingError (ValueError)
+├── EmbedderClosedError (RuntimeError)
+└── OverloadedError (RuntimeError)
+"""
 
 from __future__ import annotations
 
@@ -49,3 +60,14 @@ class EmbedderClosedError(MrlInferError, RuntimeError):
 
 class IndexFormatError(ModelFormatError):
     """A search index directory is incomplete, from a newer format version, or damaged; names the file."""
+
+
+class OverloadedError(MrlInferError, RuntimeError):
+    """A bounded queue (the server's batcher) is full; ``retry_after`` is a suggested wait in seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[type, tuple[str, float]]:
+        return (type(self), (str(self), self.retry_after))
