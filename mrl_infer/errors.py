@@ -2,6 +2,7 @@
 
 MrlInferError
 ├── ModelFormatError (ValueError)
+│   └── IndexFormatError
 ├── DeviceError (RuntimeError)
 ├── DimError (ValueError)
 ├── InputError (ValueError)
