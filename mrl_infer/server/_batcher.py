@@ -1,0 +1,251 @@
+"""Cross-request batching: one asyncio queue, one worker thread, model calls under a token budget.
+
+The batcher knows nothing of HTTP. ``submit(items, lengths)`` admits a request's inputs (or raises
+OverloadedError when the bounded queue, counted in inputs, is full) and returns a future of its rows.
+A scheduling round takes up to ``max_step_inputs`` inputs round-robin from the waiting requests, at most
+``max_batch_size`` from one request per turn (each request's inputs longest first), so one long request
+cannot starve short ones; the round is then sorted by length and cut into model calls by
+``mrl_infer._embedder._plan_batches``, the rule ``Embedder.encode`` uses. Model calls run one at a time
+in a single worker thread; rows of cancelled requests are skipped.
+
+The backend call ``run_batch(items) -> float32 [n, D]`` returns full-width rows: Matryoshka truncation
+happens per request afterwards, so requests for different dims share model calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from mrl_infer._embedder import _plan_batches
+from mrl_infer.errors import OverloadedError
+from mrl_infer.server._config import BatchConfig
+
+T = TypeVar("T")
+
+
+class BatchObserver(Protocol):
+    """Receives the batcher's measurements (the server's Prometheus metrics implement it)."""
+
+    def on_batch(self, texts: int, tokens: int, seconds: float) -> None: ...
+
+    def on_queued(self, seconds: float) -> None: ...
+
+
+class _NoObserver:
+    def on_batch(self, texts: int, tokens: int, seconds: float) -> None:
+        pass
+
+    def on_queued(self, seconds: float) -> None:
+        pass
+
+
+class _Request(Generic[T]):
+    """One submitted request: its inputs, hand-out position and output rows."""
+
+    __slots__ = ("done", "future", "items", "lengths", "next", "order", "out", "submitted")
+
+    def __init__(self, items: Sequence[T], lengths: np.ndarray, future: asyncio.Future[np.ndarray]) -> None:
+        self.items = items
+        self.lengths = lengths
+        self.order = np.argsort(-lengths, kind="stable")  # longest first, as encode sorts
+        self.next = 0  # inputs of ``order`` already handed to a round
+        self.done = 0  # rows filled in ``out``
+        self.out: np.ndarray | None = None
+        self.future = future
+        self.submitted = time.perf_counter()
+
+
+class Batcher(Generic[T]):
+    """Batches inputs of concurrent requests into model calls; see the module docstring.
+
+    Args:
+        run_batch: the backend call, run in the worker thread: items (one model call, longest first)
+            -> float32 ``[len(items), D]``.
+        config: batching settings (token budget, round size, wait, queue bound).
+        observer: receives per-call and per-request timings (default: none).
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], np.ndarray],
+        config: BatchConfig,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._run = run_batch
+        self._cfg = config
+        self._obs: BatchObserver = observer or _NoObserver()
+        self._active: deque[_Request[T]] = deque()
+        self._admitted = 0  # inputs of unfinished requests
+        self._queued = 0  # inputs not yet handed to a round
+        self._rate = 0.0  # inputs/s, moving average, for Retry-After
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------ state
+    @property
+    def admitted(self) -> int:
+        """Inputs admitted and not yet finished (what ``max_queue`` bounds)."""
+        return self._admitted
+
+    @property
+    def queued(self) -> int:
+        """Inputs waiting for a model call."""
+        return self._queued
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: the queue's drain time at the recent rate, 1-60."""
+        if self._rate <= 0:
+            return 1
+        return int(min(60, max(1, math.ceil(self._admitted / self._rate))))
+
+    def would_overflow(self, n: int) -> bool:
+        """True if admitting ``n`` more inputs would exceed ``max_queue``."""
+        return self._admitted + n > self._cfg.max_queue
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start the worker (call from the event loop that will submit)."""
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrl-infer-batcher")
+        self._task = asyncio.create_task(self._loop(), name="mrl-infer-batcher")
+
+    async def stop(self) -> None:
+        """Refuse new requests, finish every admitted one, then stop the worker thread."""
+        self._closing = True
+        if self._wake is not None:
+            self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ submit
+    def submit(self, items: Sequence[T], lengths: Sequence[int]) -> asyncio.Future[np.ndarray]:
+        """Admit one request's inputs; the future gives float32 ``[len(items), D]`` in input order.
+
+        Raises:
+            OverloadedError: the queue is full (``retry_after`` set) or the batcher is stopping.
+            ValueError: ``items`` is empty or ``lengths`` does not match it.
+        """
+        if self._wake is None or self._closing:
+            raise OverloadedError("the server is shutting down or not started", retry_after=1)
+        n = len(items)
+        if n == 0 or len(lengths) != n:
+            raise ValueError(
+                f"submit needs one length per item and at least one item, got {n}/{len(lengths)}"
+            )
+        if self.would_overflow(n):
+            raise OverloadedError(
+                f"the queue is full ({self._admitted} of {self._cfg.max_queue} inputs admitted, this "
+                f"request has {n}); retry later",
+                retry_after=self.retry_after(),
+            )
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        req = _Request(items, np.asarray(lengths, dtype=np.int64), future)
+        self._admitted += n
+        self._queued += n
+        future.add_done_callback(lambda _f: self._release(req))
+        self._active.append(req)
+        self._wake.set()
+        return future
+
+    async def embed(self, items: Sequence[T], lengths: Sequence[int]) -> np.ndarray:
+        """``submit`` and wait; cancelling the caller cancels the request (its rows are skipped)."""
+        return await self.submit(items, lengths)
+
+    def _release(self, req: _Request[T]) -> None:
+        """Called once when a request's future is done (result, error or cancelled)."""
+        self._admitted -= len(req.items)
+        self._queued -= len(req.items) - req.next
+        req.next = len(req.items)
+
+    # ------------------------------------------------------------------ worker
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            while self._active and self._active[0].future.done():
+                self._active.popleft()
+            if not self._active:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._short_wait()
+            round_ = self._select()
+            if round_:
+                await self._run_round(round_)
+
+    async def _short_wait(self) -> None:
+        """With the model idle and few inputs waiting, wait until the oldest has waited max_wait_ms."""
+        if self._cfg.max_wait_ms <= 0 or self._queued >= self._cfg.max_step_inputs or self._closing:
+            return
+        oldest = min(r.submitted for r in self._active)
+        remaining = self._cfg.max_wait_ms / 1000 - (time.perf_counter() - oldest)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+
+    def _select(self) -> list[tuple[_Request[T], int]]:
+        """One round: inputs taken round-robin, at most max_batch_size per request per turn."""
+        cap = self._cfg.max_step_inputs
+        round_: list[tuple[_Request[T], int]] = []
+        now = time.perf_counter()
+        while self._active and len(round_) < cap:
+            req = self._active.popleft()
+            if req.future.done():
+                continue
+            if req.next == 0:
+                self._obs.on_queued(now - req.submitted)
+            take = min(self._cfg.max_batch_size, len(req.items) - req.next, cap - len(round_))
+            round_.extend((req, int(j)) for j in req.order[req.next : req.next + take])
+            req.next += take
+            self._queued -= take
+            if req.next < len(req.items):
+                self._active.append(req)
+        return round_
+
+    async def _run_round(self, round_: list[tuple[_Request[T], int]]) -> None:
+        loop = asyncio.get_running_loop()
+        lengths = np.array([req.lengths[j] for req, j in round_], dtype=np.int64)
+        order = np.argsort(-lengths, kind="stable")
+        for start, stop in _plan_batches(lengths[order], self._cfg.max_batch_size, self._cfg.token_budget):
+            chosen = [round_[k] for k in order[start:stop] if not round_[k][0].future.done()]
+            if not chosen:
+                continue
+            items = [req.items[j] for req, j in chosen]
+            t0 = time.perf_counter()
+            try:
+                out = await loop.run_in_executor(self._executor, self._run, items)
+            except Exception as exc:  # the backend failed: fail only the requests in this call
+                for req in {id(r): r for r, _ in chosen}.values():
+                    if not req.future.done():
+                        req.future.set_exception(exc)
+                continue
+            seconds = time.perf_counter() - t0
+            self._obs.on_batch(len(items), len(items) * int(lengths[order[start]]), seconds)
+            rate = len(items) / max(seconds, 1e-6)
+            self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
+            self._scatter(chosen, out)
+
+    @staticmethod
+    def _scatter(chosen: list[tuple[_Request[Any], int]], out: np.ndarray) -> None:
+        """Route each row of a model call back to its request; finish requests that are complete."""
+        for k, (req, j) in enumerate(chosen):
+            if req.future.done():
+                continue
+            if req.out is None:
+                req.out = np.empty((len(req.items), out.shape[1]), dtype=np.float32)
+            req.out[j] = out[k]
+            req.done += 1
+            if req.done == len(req.items):
+                req.future.set_result(req.out)

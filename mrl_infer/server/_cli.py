@@ -1,0 +1,147 @@
+"""``mrl-embed serve``: argparse setup and the run function (starlette/uvicorn imported only when run)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+from mrl_infer.errors import MrlInferError
+from mrl_infer.server._config import DEFAULT_MAX_INPUTS, BatchConfig, ServerConfig
+
+API_KEY_ENV = "MRL_EMBED_API_KEY"
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``serve`` on the ``mrl-embed`` subparsers."""
+    p = sub.add_parser(
+        "serve",
+        help="serve an OpenAI-compatible /v1/embeddings API (needs the [server] extra)",
+        description=(
+            "An OpenAI-compatible embeddings server: POST /v1/embeddings (Matryoshka 'dimensions', float "
+            "or base64), GET /v1/models, /health, /metrics. Requests are batched across clients under a "
+            "token budget. See docs/server.md."
+        ),
+    )
+    p.add_argument("--model", help="model directory or Hub id (default: the embedded default model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--variant", default="auto", help="model variant: auto, fp32, int8, fp16 (default auto)")
+    p.add_argument("--threads", type=_positive, help="ONNX Runtime threads (default: physical cores)")
+    p.add_argument(
+        "--max-seq-length", type=_positive, help="truncate inputs to fewer tokens than the model's"
+    )
+    p.add_argument("--served-model-name", help="the model name /v1/models lists (default: the model's name)")
+    p.add_argument(
+        "--strict-model-name",
+        action="store_true",
+        help="refuse requests naming another model (404 model_not_found); default: accept and log once",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Bearer KEY' on all routes but /health (default: ${API_KEY_ENV})",
+    )
+    p.add_argument(
+        "--dim", type=_positive, help="output dim when a request sends no 'dimensions' (default: full)"
+    )
+    p.add_argument(
+        "--max-inputs", type=_positive, default=DEFAULT_MAX_INPUTS, help="inputs per request (default 2048)"
+    )
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit in MiB (default 16)")
+    b = BatchConfig()
+    p.add_argument("--max-batch-size", type=_positive, default=b.max_batch_size, help="texts per model call")
+    p.add_argument(
+        "--max-batch-tokens",
+        type=_positive,
+        help="padded tokens per model call (default: 1024 on CPU, as encode; batch size x 128 on GPU)",
+    )
+    p.add_argument(
+        "--max-wait-ms", type=float, default=b.max_wait_ms, help=f"batching wait (default {b.max_wait_ms})"
+    )
+    p.add_argument(
+        "--max-queue",
+        type=_positive,
+        default=b.max_queue,
+        help=f"queued inputs before 429 (default {b.max_queue})",
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(handler=run_serve)
+
+
+def configs_from_args(args: argparse.Namespace, on_gpu: bool) -> ServerConfig:
+    """The ServerConfig (with its BatchConfig) that ``args`` describe."""
+    batch_tokens = args.max_batch_tokens if args.max_batch_tokens else (None if on_gpu else 1024)
+    batching = BatchConfig(
+        max_batch_size=args.max_batch_size,
+        max_batch_tokens=batch_tokens,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+    )
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        served_model_name=args.served_model_name,
+        strict_model_name=args.strict_model_name,
+        api_key=args.api_key or None,
+        default_dim=args.dim,
+        max_inputs=args.max_inputs,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        batching=batching,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Load the model in the background, serve until SIGTERM/SIGINT (in-flight requests finish), return 0."""
+    from mrl_infer.server import require_extra
+
+    try:
+        require_extra()
+    except ImportError as exc:
+        raise MrlInferError(f"mrl-embed serve: {exc}") from exc
+    import uvicorn
+
+    from mrl_infer import Embedder
+    from mrl_infer._session import cuda_available
+    from mrl_infer.server._app import create_app
+
+    on_gpu = args.device.startswith("cuda") or (args.device == "auto" and cuda_available())
+    try:
+        config = configs_from_args(args, on_gpu)
+    except ValueError as exc:
+        raise MrlInferError(str(exc)) from exc
+
+    def load() -> Embedder:
+        return Embedder(
+            args.model,
+            device=args.device,
+            variant=args.variant,
+            threads=args.threads,
+            max_seq_length=args.max_seq_length,
+        )
+
+    level = getattr(logging, args.log_level.upper())
+    logging.getLogger("mrl_infer.server").setLevel(level)
+    app = create_app(load, config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=args.log_level,
+            access_log=False,  # our middleware logs one line per request
+            timeout_graceful_shutdown=int(config.graceful_timeout_s),
+            lifespan="on",
+        )
+    )
+    server.run()
+    return 0
