@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[export,dev,files,ray,bench]"
+python -m pip install -q -e ".[export,dev,files,ray,bench,server]"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Where a GPU is present, onnxruntime-gpu (the [cuda] pin) replaces onnxruntime, and the CUDA tests
 # must then pass: MRL_INFER_EXPECT_CUDA=1 turns a CUDA provider that does not attach into a failure.
