@@ -64,6 +64,15 @@ class AppState:
         self.other_names: set[str] = set()
         self.created = int(time.time())
 
+    @property
+    def loads_in_background(self) -> bool:
+        """True when given a factory (an Embedder still to load), not a model."""
+        return (
+            callable(self.source)
+            and not isinstance(self.source, Embedder)
+            and not hasattr(self.source, "run")
+        )
+
     def _run(self, rows: list[Any]) -> Any:
         assert self.backend is not None
         return self.backend.run(rows)
@@ -82,13 +91,10 @@ class AppState:
     async def load(self) -> None:
         """Load the model (if given a factory), then embed one text through the batcher."""
         try:
-            src = self.source
-            if isinstance(src, Embedder):
-                backend: Backend = EmbedderBackend(src)
-            elif callable(src) and not hasattr(src, "run"):
-                backend = EmbedderBackend(await run_in_threadpool(src))
-            else:
-                backend = src  # type: ignore[assignment]
+            src: Any = self.source
+            if self.loads_in_background:
+                src = await run_in_threadpool(src)
+            backend: Backend = EmbedderBackend(src) if isinstance(src, Embedder) else src
             self.backend = backend
             tok = backend.tokenize(["warm-up"], None)
             await self.batcher.embed(tok.rows, tok.lengths)
@@ -322,6 +328,8 @@ def create_app(embedder: EmbedderSource, config: ServerConfig | None = None, ind
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.batcher.start()
         loader = asyncio.create_task(state.load())
+        if not state.loads_in_background:  # a loaded model: warm up before serving
+            await asyncio.shield(loader)
         try:
             yield
         finally:

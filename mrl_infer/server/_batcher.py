@@ -226,16 +226,35 @@ class Batcher(Generic[T]):
             t0 = time.perf_counter()
             try:
                 out = await loop.run_in_executor(self._executor, self._run, items)
-            except Exception as exc:  # the backend failed: fail only the requests in this call
-                for req in {id(r): r for r, _ in chosen}.values():
-                    if not req.future.done():
-                        req.future.set_exception(exc)
+            except Exception as exc:
+                await self._isolate_failure(chosen, exc)
                 continue
             seconds = time.perf_counter() - t0
             self._obs.on_batch(len(items), len(items) * int(lengths[order[start]]), seconds)
             rate = len(items) / max(seconds, 1e-6)
             self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
             self._scatter(chosen, out)
+
+    async def _isolate_failure(self, chosen: list[tuple[_Request[T], int]], exc: Exception) -> None:
+        """A model call failed: rerun each request's rows alone, so only the failing requests fail."""
+        by_request: dict[int, list[tuple[_Request[T], int]]] = {}
+        for req, j in chosen:
+            by_request.setdefault(id(req), []).append((req, j))
+        loop = asyncio.get_running_loop()
+        for part in by_request.values():
+            req = part[0][0]
+            if req.future.done():
+                continue
+            if len(by_request) == 1:
+                req.future.set_exception(exc)
+                continue
+            try:
+                out = await loop.run_in_executor(self._executor, self._run, [req.items[j] for _, j in part])
+            except Exception as own:
+                if not req.future.done():
+                    req.future.set_exception(own)
+                continue
+            self._scatter(part, out)
 
     @staticmethod
     def _scatter(chosen: list[tuple[_Request[Any], int]], out: np.ndarray) -> None:
