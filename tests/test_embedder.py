@@ -391,11 +391,13 @@ def test_truncation_reported_per_call_across_threads(fp32: Embedder) -> None:
 
 # ---------------------------------------------------------------- no torch
 def test_import_and_encode_never_import_torch(minilm_model_dir: Path) -> None:
+    """Nor the [server] extra's starlette, uvicorn or prometheus-client."""
     code = (
         "import sys, mrl_infer\n"
         f"e = mrl_infer.Embedder({str(minilm_model_dir)!r}, dim=64)\n"
         "v = e.encode(['hello'])\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'starlette', "
+        "'uvicorn', 'prometheus_client'))\n"
         "print(v.shape, bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )
