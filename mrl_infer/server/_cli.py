@@ -100,6 +100,33 @@ def configs_from_args(args: argparse.Namespace, on_gpu: bool) -> ServerConfig:
     )
 
 
+def _graceful_server_class() -> type:
+    """uvicorn.Server whose SIGTERM/SIGINT shut down gracefully and then return (exit 0): uvicorn itself
+    re-raises the signal after shutting down, which ends the process with -15."""
+    import contextlib
+    import signal
+    import threading
+    from collections.abc import Iterator
+
+    import uvicorn
+    from uvicorn.server import HANDLED_SIGNALS
+
+    class GracefulServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Load the model in the background, serve until SIGTERM/SIGINT (in-flight requests finish), return 0."""
     from mrl_infer.server import require_extra
@@ -129,10 +156,11 @@ def run_serve(args: argparse.Namespace) -> int:
             max_seq_length=args.max_seq_length,
         )
 
+    _GracefulServer = _graceful_server_class()
     level = getattr(logging, args.log_level.upper())
     logging.getLogger("mrl_infer.server").setLevel(level)
     app = create_app(load, config)
-    server = uvicorn.Server(
+    server = _GracefulServer(
         uvicorn.Config(
             app,
             host=config.host,
