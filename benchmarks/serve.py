@@ -1,0 +1,169 @@
+"""``mrl-embed serve`` under load on localhost vs offline ``Embedder.encode`` on the same texts, same run.
+
+Starts the server as a subprocess on 127.0.0.1 (port 0), then for concurrency 1/4/16/64 sends bench-corpus
+texts as single-text requests and as batches of 32 (each client a thread with its own httpx.Client,
+float responses, full dim); reports texts/s, p50/p99 request latency, and throughput as a share of
+offline ``encode`` (batch 32, same threads, measured in this process in the same run). Idle latency:
+one short text, sequential requests, median, vs ``encode`` on that one text. Bounded: ``--texts`` per cell.
+
+    python benchmarks/serve.py --texts 512 --out benchmarks/results/serve.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.corpus import load  # noqa: E402
+from mrl_infer import Embedder  # noqa: E402
+
+SHORT = "a short query"
+
+
+def _start(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-m", "mrl_infer.cli", "serve", "--port", "0", "--log-level", "info"]
+    cmd += ["--variant", args.variant, "--max-wait-ms", str(args.max_wait_ms)]
+    cmd += ["--model", args.model] if args.model else []
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+        if m:
+            url = m.group(1)
+            break
+    else:
+        raise SystemExit("server did not start")
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit("server not healthy")
+
+
+def _cell(url: str, texts: list[str], per_request: int, concurrency: int) -> dict[str, float]:
+    requests = [texts[i : i + per_request] for i in range(0, len(texts), per_request)]
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        with httpx.Client(timeout=120) as c:
+            for batch in requests[k::concurrency]:
+                t0 = time.perf_counter()
+                r = c.post(url + "/v1/embeddings", json={"input": batch})
+                dt = time.perf_counter() - t0
+                assert r.status_code == 200, r.text
+                with lock:
+                    latencies.append(dt)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(client, range(concurrency)))
+    wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000
+    return {
+        "texts_per_s": len(texts) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "requests": len(requests),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="model directory (default: the embedded default model)")
+    ap.add_argument("--variant", default="auto")
+    ap.add_argument("--threads", type=int, help="ONNX Runtime threads, server and offline alike")
+    ap.add_argument("--texts", type=int, default=512, help="texts per cell (bounded)")
+    ap.add_argument("--concurrency", default="1,4,16,64")
+    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--idle-runs", type=int, default=50)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    texts, corpus = load(n=args.texts)
+
+    emb = Embedder(args.model, variant=args.variant, threads=args.threads)
+    emb.encode(texts[:64])
+    t0 = time.perf_counter()
+    emb.encode(texts, batch_size=32)
+    offline = len(texts) / (time.perf_counter() - t0)
+    idle_encode = []
+    for _ in range(args.idle_runs):
+        t = time.perf_counter()
+        emb.encode([SHORT])
+        idle_encode.append((time.perf_counter() - t) * 1000)
+    emb.close()
+
+    proc, url = _start(args)
+    try:
+        rows = []
+        with httpx.Client() as c:
+            for _ in range(5):
+                c.post(url + "/v1/embeddings", json={"input": SHORT})
+            idle_server = []
+            for _ in range(args.idle_runs):
+                t = time.perf_counter()
+                c.post(url + "/v1/embeddings", json={"input": SHORT}).raise_for_status()
+                idle_server.append((time.perf_counter() - t) * 1000)
+        for per_request in (1, 32):
+            for conc in map(int, args.concurrency.split(",")):
+                cell = _cell(url, texts, per_request, conc)
+                cell |= {
+                    "per_request": per_request,
+                    "concurrency": conc,
+                    "share_of_offline": cell["texts_per_s"] / offline,
+                }
+                rows.append(cell)
+                print(
+                    f"batch {per_request:>2}  c={conc:>2}  {cell['texts_per_s']:7.1f} texts/s  "
+                    f"p50 {cell['p50_ms']:7.1f} ms  p99 {cell['p99_ms']:7.1f} ms  "
+                    f"{100 * cell['share_of_offline']:5.1f}% of offline",
+                    flush=True,
+                )
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    result = {
+        "corpus": corpus,
+        "texts": len(texts),
+        "offline_texts_per_s": offline,
+        "idle_ms": {
+            "encode_p50": statistics.median(idle_encode),
+            "server_p50": statistics.median(idle_server),
+        },
+        "cells": rows,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "settings": {"variant": args.variant, "threads": args.threads, "max_wait_ms": args.max_wait_ms},
+    }
+    print(
+        f"offline encode: {offline:.1f} texts/s; idle one short text: "
+        f"encode {result['idle_ms']['encode_p50']:.2f} ms, "
+        f"server {result['idle_ms']['server_p50']:.2f} ms (median of {args.idle_runs})"
+    )
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
