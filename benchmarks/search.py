@@ -65,7 +65,11 @@ def machine() -> dict[str, Any]:
 
 
 def recall(found: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / ref.shape[1] for a, b in zip(found.tolist(), ref.tolist(), strict=True)]))
+    return float(
+        np.mean(
+            [len(set(a) & set(b)) / ref.shape[1] for a, b in zip(found.tolist(), ref.tolist(), strict=True)]
+        )
+    )
 
 
 def structured_million(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -100,7 +104,9 @@ def speeds(search: Any, queries: np.ndarray) -> dict[str, float]:
 
 
 def sweep(dims: list[int], precisions: list[str], oversamples: list[int]) -> list[tuple[int, str, int]]:
-    return [(d, p, o) for d in dims for p in precisions for o in oversamples if not (p == "ubinary" and d % 8)]
+    return [
+        (d, p, o) for d in dims for p in precisions for o in oversamples if not (p == "ubinary" and d % 8)
+    ]
 
 
 def recall_table(settings: list[tuple[int, str, int]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -114,7 +120,9 @@ def recall_table(settings: list[tuple[int, str, int]]) -> tuple[list[dict[str, A
             built.clear()
             built[(d, p)] = Index.from_embeddings(cv, shortlist_dim=d, shortlist_precision=p)
         r = built[(d, p)].search(qv, K, oversample=o)
-        rows.append({"shortlist_dim": d, "precision": p, "oversample": o, "recall_at_10": recall(r.positions, ref)})
+        rows.append(
+            {"shortlist_dim": d, "precision": p, "oversample": o, "recall_at_10": recall(r.positions, ref)}
+        )
         print(f"recall  {d:>4} {p:<8} x{o:<3} {rows[-1]['recall_at_10']:.4f}", file=sys.stderr, flush=True)
     return rows, {"corpus": len(corpus), "queries": len(qv)}
 
@@ -123,7 +131,12 @@ def labelled_quality() -> list[dict[str, Any]]:
     from mrl_infer import Embedder
 
     emb = Embedder()
-    sets = [("MNLI-val (benchmarks/data/retrieval)", _quality.load_retrieval(REPO / "benchmarks" / "data" / "retrieval"))]
+    sets = [
+        (
+            "MNLI-val (benchmarks/data/retrieval)",
+            _quality.load_retrieval(REPO / "benchmarks" / "data" / "retrieval"),
+        )
+    ]
     cisi = search_data.SHARED / "retrieval" / "cisi"
     if cisi.is_dir():
         qs = [json.loads(x) for x in (cisi / "queries.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -132,9 +145,18 @@ def labelled_quality() -> list[dict[str, Any]]:
         for line in (cisi / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]:
             qid, did, *_ = line.split("\t")
             qrels.setdefault(qid, set()).add(did)
-        sets.append(("CISI (shared/data/retrieval/cisi)", _quality.RetrievalData(
-            [q["_id"] for q in qs], [q["text"] for q in qs], [d["_id"] for d in docs],
-            [(d.get("title", "") + " " + d["text"]).strip() for d in docs], qrels)))
+        sets.append(
+            (
+                "CISI (shared/data/retrieval/cisi)",
+                _quality.RetrievalData(
+                    [q["_id"] for q in qs],
+                    [q["text"] for q in qs],
+                    [d["_id"] for d in docs],
+                    [(d.get("title", "") + " " + d["text"]).strip() for d in docs],
+                    qrels,
+                ),
+            )
+        )
     out = []
     for name, data in sets:
         index = Index.build(emb, data.docs, ids=data.doc_ids)
@@ -142,8 +164,13 @@ def labelled_quality() -> list[dict[str, Any]]:
         rel = [data.qrels.get(q, set()) for q in data.query_ids]
         ex = index.search(qv, K, exact=True).ids
         fu = index.search(qv, K).ids
-        row = {"set": name, "queries": len(qv), "docs": len(data.doc_ids),
-               "ndcg10_exact": 100 * _quality.ndcg_at_k(ex, rel), "ndcg10_funnel": 100 * _quality.ndcg_at_k(fu, rel)}
+        row = {
+            "set": name,
+            "queries": len(qv),
+            "docs": len(data.doc_ids),
+            "ndcg10_exact": 100 * _quality.ndcg_at_k(ex, rel),
+            "ndcg10_funnel": 100 * _quality.ndcg_at_k(fu, rel),
+        }
         out.append(row)
         print(f"quality {row}", file=sys.stderr, flush=True)
     return out
@@ -163,7 +190,10 @@ def speed_tables(settings: list[tuple[int, str, int]], sizes: list[int]) -> dict
 
         fi = faiss.IndexFlatIP(384)
         fi.add(big)
-        out["faiss_flat"] = speeds(lambda q: fi.search(q, K), qv) | {"ram_bytes": big.nbytes, "faiss": faiss.__version__}
+        out["faiss_flat"] = speeds(lambda q, fi=fi: fi.search(q, K), qv) | {
+            "ram_bytes": big.nbytes,
+            "faiss": faiss.__version__,
+        }
         print(f"speed faiss flat {out['faiss_flat']}", file=sys.stderr, flush=True)
         del fi
     except ImportError:
@@ -187,8 +217,16 @@ def speed_tables(settings: list[tuple[int, str, int]], sizes: list[int]) -> dict
         ex = speeds(lambda q, st=st: _scan.exact(st, q, K, 384), qv)
         idx = Index.from_embeddings(part)
         fu = speeds(lambda q, idx=idx: idx.search(q, K), qv)
-        out["scaling"].append({"n": size, "exact": ex, "funnel_default": fu, "shortlist_bytes": idx.memory["shortlist"],
-                               "rerank_bytes": idx.memory["rerank"], "float32_bytes": part.nbytes})
+        out["scaling"].append(
+            {
+                "n": size,
+                "exact": ex,
+                "funnel_default": fu,
+                "shortlist_bytes": idx.memory["shortlist"],
+                "rerank_bytes": idx.memory["rerank"],
+                "float32_bytes": part.nbytes,
+            }
+        )
         print(f"scaling {out['scaling'][-1]}", file=sys.stderr, flush=True)
     return out
 
@@ -205,8 +243,11 @@ def plot(result: dict[str, Any]) -> None:
     for ax, key, title in ((axes[0], "qps_batch64", "batch 64"), (axes[1], "qps_batch1", "batch 1")):
         for d in sorted({r["shortlist_dim"] for r in result["speed"]["pareto"]}):
             for p, m in markers.items():
-                pts = [(r[key], rec.get((d, p, r["oversample"]))) for r in result["speed"]["pareto"]
-                       if r["shortlist_dim"] == d and r["precision"] == p]
+                pts = [
+                    (r[key], rec.get((d, p, r["oversample"])))
+                    for r in result["speed"]["pareto"]
+                    if r["shortlist_dim"] == d and r["precision"] == p
+                ]
                 pts = [(x, y) for x, y in pts if y is not None]
                 if pts:
                     ax.plot(*zip(*pts, strict=True), marker=m, label=f"{d}-d {p}")
@@ -235,7 +276,11 @@ def main() -> int:
     else:
         settings = sweep([16, 32, 64, 128], ["float16", "int8", "ubinary"], [1, 2, 4, 8, 16, 32])
         sizes = [10_000, 100_000, 1_000_000]
-    result: dict[str, Any] = {"machine": machine(), "k": K, "command": "python -m benchmarks.search" + (" --quick" if args.quick else "")}
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "k": K,
+        "command": "python -m benchmarks.search" + (" --quick" if args.quick else ""),
+    }
     result["recall"], result["recall_data"] = recall_table(settings)
     result["quality"] = labelled_quality()
     result["speed"] = speed_tables(settings, sizes)

@@ -2,7 +2,8 @@
 
 The corpus is every distinct sentence in ``../shared/data``: SNLI dev/test pairs, triplets and raw
 CSVs, the MultiNLI subset, STS-B train/dev/test, the bench corpus, and the CISI titles, queries and
-documents; a multi-sentence text is also split into its sentences (~103k texts). 1,000 of them, drawn with a fixed seed, are held out as queries and are not
+documents; a multi-sentence text is also split into its sentences (~103k texts).
+1,000 of them, drawn with a fixed seed, are held out as queries and are not
 in the corpus. Embeddings (default model, full 384 dims, float32) are cached under ``.cache/search/``.
 
     python -m benchmarks.search_data          # embeds once (~2 min on 2 cores), then reuses the cache

@@ -35,65 +35,81 @@ def build(precision: str) -> onnx.ModelProto:
     per query, and ubinary's {0, 1} rows give ``q . b``, both order-preserving for each query.
     """
     nodes = []
-    inits = [_i64("axis0", [0]), _i64("axis1", [1]), _i64("two", [2]), _i64("minus1", [-1]),
-             _i64("expand", [1, GROUP, 1]), _i64("group", [GROUP])]
+    inits = [
+        _i64("axis0", [0]),
+        _i64("axis1", [1]),
+        _i64("two", [2]),
+        _i64("minus1", [-1]),
+        _i64("expand", [1, GROUP, 1]),
+        _i64("group", [GROUP]),
+    ]
     if precision == "float16":
         tin = helper.make_tensor_value_info("t", TP.FLOAT16, ["n", "d"])
         qin = helper.make_tensor_value_info("q", TP.FLOAT, ["d", "Q"])
-        nodes += [helper.make_node("Cast", ["t"], ["tf"], to=TP.FLOAT),
-                  helper.make_node("MatMul", ["tf", "q"], ["s"])]                    # [n, Q] float
+        nodes += [
+            helper.make_node("Cast", ["t"], ["tf"], to=TP.FLOAT),
+            helper.make_node("MatMul", ["tf", "q"], ["s"]),
+        ]  # [n, Q] float
     else:
         qin = helper.make_tensor_value_info("q", TP.INT8, ["d", "Q"])
         rows = "t"
         if precision == "ubinary":
             # t: uint8 [n, d/8], MSB first (numpy.packbits) -> uint8 {0, 1} [n, d]
             tin = helper.make_tensor_value_info("t", TP.UINT8, ["n", "b"])
-            inits += [helper.make_tensor("shifts", TP.UINT8, [8], [7, 6, 5, 4, 3, 2, 1, 0]),
-                      helper.make_tensor("one", TP.UINT8, [], [1]), _i64("axis2", [2]),
-                      _i64("bits_shape", [0, -1])]
+            inits += [
+                helper.make_tensor("shifts", TP.UINT8, [8], [7, 6, 5, 4, 3, 2, 1, 0]),
+                helper.make_tensor("one", TP.UINT8, [], [1]),
+                _i64("axis2", [2]),
+                _i64("bits_shape", [0, -1]),
+            ]
             nodes += [
-                helper.make_node("Unsqueeze", ["t", "axis2"], ["t3"]),                   # [n, b, 1]
+                helper.make_node("Unsqueeze", ["t", "axis2"], ["t3"]),  # [n, b, 1]
                 helper.make_node("BitShift", ["t3", "shifts"], ["sh"], direction="RIGHT"),  # [n, b, 8]
                 helper.make_node("BitwiseAnd", ["sh", "one"], ["bits"]),
-                helper.make_node("Reshape", ["bits", "bits_shape"], ["tb"]),             # [n, d]
+                helper.make_node("Reshape", ["bits", "bits_shape"], ["tb"]),  # [n, d]
             ]
             rows = "tb"
         else:
             tin = helper.make_tensor_value_info("t", TP.UINT8, ["n", "d"])
-        nodes.append(helper.make_node("MatMulInteger", [rows, "q"], ["s"]))             # [n, Q] int32
+        nodes.append(helper.make_node("MatMulInteger", [rows, "q"], ["s"]))  # [n, Q] int32
     nodes += [
         helper.make_node("Shape", ["s"], ["s_shape"]),
-        helper.make_node("Slice", ["s_shape", "axis1", "two"], ["qdim"]),                # [1] = Q
+        helper.make_node("Slice", ["s_shape", "axis1", "two"], ["qdim"]),  # [1] = Q
         helper.make_node("Concat", ["minus1", "group", "qdim"], ["shape3"], axis=0),
         helper.make_node("Concat", ["minus1", "qdim"], ["flat"], axis=0),
-        helper.make_node("Reshape", ["s", "shape3"], ["s3"]),                          # [n/G, G, Q]
-        helper.make_node("ReduceMax", ["s3", "axis1"], ["gmax"], keepdims=0),          # [n/G, Q]
-        helper.make_node("Transpose", ["gmax"], ["gmaxt"], perm=[1, 0]),               # [Q, n/G]
-        helper.make_node("TopK", ["gmaxt", "kk"], ["gval", "gidxt"], axis=1),           # [Q, kk]
-        helper.make_node("Transpose", ["gidxt"], ["gidx"], perm=[1, 0]),               # [kk, Q]
-        helper.make_node("Unsqueeze", ["gidx", "axis1"], ["gidx3"]),                   # [kk, 1, Q]
-        helper.make_node("Expand", ["gidx3", "expand"], ["gidxe"]),                    # [kk, G, Q]
-        helper.make_node("GatherElements", ["s3", "gidxe"], ["blk"], axis=0),          # [kk, G, Q]
-        helper.make_node("Reshape", ["blk", "flat"], ["cand"]),                        # [kk*G, Q]
-        helper.make_node("Transpose", ["cand"], ["candt"], perm=[1, 0]),               # [Q, kk*G]
-        helper.make_node("TopK", ["candt", "kk"], ["top", "local"], axis=1),            # [Q, kk]
+        helper.make_node("Reshape", ["s", "shape3"], ["s3"]),  # [n/G, G, Q]
+        helper.make_node("ReduceMax", ["s3", "axis1"], ["gmax"], keepdims=0),  # [n/G, Q]
+        helper.make_node("Transpose", ["gmax"], ["gmaxt"], perm=[1, 0]),  # [Q, n/G]
+        helper.make_node("TopK", ["gmaxt", "kk"], ["gval", "gidxt"], axis=1),  # [Q, kk]
+        helper.make_node("Transpose", ["gidxt"], ["gidx"], perm=[1, 0]),  # [kk, Q]
+        helper.make_node("Unsqueeze", ["gidx", "axis1"], ["gidx3"]),  # [kk, 1, Q]
+        helper.make_node("Expand", ["gidx3", "expand"], ["gidxe"]),  # [kk, G, Q]
+        helper.make_node("GatherElements", ["s3", "gidxe"], ["blk"], axis=0),  # [kk, G, Q]
+        helper.make_node("Reshape", ["blk", "flat"], ["cand"]),  # [kk*G, Q]
+        helper.make_node("Transpose", ["cand"], ["candt"], perm=[1, 0]),  # [Q, kk*G]
+        helper.make_node("TopK", ["candt", "kk"], ["top", "local"], axis=1),  # [Q, kk]
         helper.make_node("Cast", ["top"], ["scores"], to=TP.FLOAT),
         helper.make_node("Div", ["local", "group"], ["slot"]),
         helper.make_node("Mod", ["local", "group"], ["within"]),
-        helper.make_node("GatherElements", ["gidxt", "slot"], ["grp"], axis=1),        # [Q, kk]
+        helper.make_node("GatherElements", ["gidxt", "slot"], ["grp"], axis=1),  # [Q, kk]
         helper.make_node("Mul", ["grp", "group"], ["base"]),
-        helper.make_node("Add", ["base", "within"], ["rows"]),                         # [Q, kk] rows in chunk
+        helper.make_node("Add", ["base", "within"], ["rows"]),  # [Q, kk] rows in chunk
     ]
     graph = helper.make_graph(
         nodes,
         f"mrl_infer_scan_{precision}",
         [tin, qin, helper.make_tensor_value_info("kk", TP.INT64, [1])],
-        [helper.make_tensor_value_info("scores", TP.FLOAT, ["Q", "k"]),
-         helper.make_tensor_value_info("rows", TP.INT64, ["Q", "k"])],
+        [
+            helper.make_tensor_value_info("scores", TP.FLOAT, ["Q", "k"]),
+            helper.make_tensor_value_info("rows", TP.INT64, ["Q", "k"]),
+        ],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
-                              producer_name="mrl_infer scripts/build_scan_graphs.py")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 18)],
+        producer_name="mrl_infer scripts/build_scan_graphs.py",
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model

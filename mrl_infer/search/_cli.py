@@ -38,32 +38,49 @@ def add_parsers(sub: Any) -> None:
         "the index is written. --store-text (default) keeps each text for search output and needs the "
         "[files] extra (Parquet).",
     )
-    b.add_argument("inputs", nargs="*", metavar="INPUT", help="text/JSONL/CSV/TSV/Parquet files, as for embed")
+    b.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="text/JSONL/CSV/TSV/Parquet files, as for embed"
+    )
     b.add_argument("-o", "--output", required=True, metavar="DIR", help="index directory to write")
-    b.add_argument("--from-embeddings", metavar="FILE", help="index an mrl-embed embed output (.npy or .parquet)")
+    b.add_argument(
+        "--from-embeddings", metavar="FILE", help="index an mrl-embed embed output (.npy or .parquet)"
+    )
     b.add_argument("--model", help="model directory or Hub id (default: the embedded model)")
     b.add_argument("--text-field", help="text field/column (JSONL, CSV, Parquet)")
     b.add_argument("--id-field", help="id field/column (default: row numbers)")
     b.add_argument("--input-format", help="input format, when the extension does not say")
     b.add_argument("--batch-size", type=_positive, default=32)
-    b.add_argument("--store-text", action=argparse.BooleanOptionalAction, default=True,
-                   help="store each text in the index (default: on)")
+    b.add_argument(
+        "--store-text",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="store each text in the index (default: on)",
+    )
     b.add_argument("--resume", action="store_true", help="continue an interrupted build")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
     b.add_argument("--shortlist-dim", type=_positive, default=defaults.DEFAULT_SHORTLIST_DIM)
-    b.add_argument("--shortlist-precision", choices=("float16", "int8", "ubinary"),
-                   default=defaults.DEFAULT_SHORTLIST_PRECISION)
+    b.add_argument(
+        "--shortlist-precision",
+        choices=("float16", "int8", "ubinary"),
+        default=defaults.DEFAULT_SHORTLIST_PRECISION,
+    )
     b.add_argument("--rerank-dim", type=_positive, help="rerank-tier dims (default: all)")
-    b.add_argument("--rerank-precision", choices=("float16", "float32"), default=defaults.DEFAULT_RERANK_PRECISION)
-    b.add_argument("--oversample", type=_positive, default=defaults.DEFAULT_OVERSAMPLE,
-                   help="default candidates per result for searches of this index")
+    b.add_argument(
+        "--rerank-precision", choices=("float16", "float32"), default=defaults.DEFAULT_RERANK_PRECISION
+    )
+    b.add_argument(
+        "--oversample",
+        type=_positive,
+        default=defaults.DEFAULT_OVERSAMPLE,
+        help="default candidates per result for searches of this index",
+    )
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(handler=cmd_index_build)
 
     s = sub.add_parser(
         "search",
         help="search an index with query texts",
-        description="Search index DIR; queries are the arguments, or stdin (one per line) when none are given.",
+        description="Search index DIR; queries are the arguments, or stdin (one per line) if none.",
     )
     s.add_argument("index", metavar="DIR", help="index directory (mrl-embed index build)")
     s.add_argument("queries", nargs="*", metavar="QUERY")
@@ -104,9 +121,16 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     parquet = args.store_text or args.id_field is not None
     output = work / ("embeddings.parquet" if parquet else "embeddings.npy")
     opts = JobOptions(
-        inputs=list(args.inputs), output=str(output), model=args.model, batch_size=args.batch_size,
-        text_field=args.text_field, id_field=args.id_field, input_format=args.input_format,
-        include_text=args.store_text, resume=args.resume, overwrite=not args.resume and output.exists(),
+        inputs=list(args.inputs),
+        output=str(output),
+        model=args.model,
+        batch_size=args.batch_size,
+        text_field=args.text_field,
+        id_field=args.id_field,
+        input_format=args.input_format,
+        include_text=args.store_text,
+        resume=args.resume,
+        overwrite=not args.resume and output.exists(),
         progress=not args.quiet,
     )
     summary = run_job(opts)
@@ -135,8 +159,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = Index.load(args.index)
     queries = _read_queries(args)
     result = index.search(
-        queries, args.k, oversample=args.oversample, shortlist_dim=args.shortlist_dim,
-        rerank_dim=args.rerank_dim, exact=args.exact,
+        queries,
+        args.k,
+        oversample=args.oversample,
+        shortlist_dim=args.shortlist_dim,
+        rerank_dim=args.rerank_dim,
+        exact=args.exact,
     )
     out = sys.stdout
     for query, ids, scores, positions in zip(

@@ -117,6 +117,7 @@ class Index:
     model rank near neighbours too loosely: 64 dims need > 100x oversampling for 0.98.
     ``exact=True`` searches the whole rerank tier by brute force (the reference).
 
+    ``shortlist_dim=None`` means 128, or the vectors' dim if smaller.
     ``k`` larger than the index returns every row, sorted; results always have
     ``min(k, len(index))`` columns.
 
@@ -129,7 +130,7 @@ class Index:
         self,
         dim: int,
         *,
-        shortlist_dim: int = DEFAULT_SHORTLIST_DIM,
+        shortlist_dim: int | None = None,
         shortlist_precision: str = DEFAULT_SHORTLIST_PRECISION,
         rerank_dim: int | None = None,
         rerank_precision: str = DEFAULT_RERANK_PRECISION,
@@ -140,12 +141,14 @@ class Index:
         if dim < 1:
             raise DimError(f"dim must be >= 1, got {dim}")
         rerank_dim = dim if rerank_dim is None else rerank_dim
+        shortlist_dim = min(DEFAULT_SHORTLIST_DIM, dim) if shortlist_dim is None else shortlist_dim
         for name, value in (("shortlist_dim", shortlist_dim), ("rerank_dim", rerank_dim)):
             if not 1 <= value <= dim:
                 raise DimError(f"{name} must be between 1 and the vectors' dim {dim}, got {value}")
         if shortlist_precision not in _scan.SHORTLIST_PRECISIONS:
             raise ValueError(
-                f"shortlist_precision must be one of {_scan.SHORTLIST_PRECISIONS}, got {shortlist_precision!r}"
+                f"shortlist_precision must be one of {_scan.SHORTLIST_PRECISIONS}, "
+                f"got {shortlist_precision!r}"
             )
         if shortlist_precision == "ubinary" and shortlist_dim % 8:
             raise DimError(f"a ubinary shortlist needs shortlist_dim divisible by 8, got {shortlist_dim}")
@@ -192,8 +195,14 @@ class Index:
         texts = list(texts)
         index = cls(embedder.embedding_dim, model=model_info(embedder), **params)
         index._embedder = embedder
-        index.add(texts, ids, fields=fields, store_text=store_text, batch_size=batch_size,
-                  show_progress_bar=show_progress_bar)
+        index.add(
+            texts,
+            ids,
+            fields=fields,
+            store_text=store_text,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+        )
         return index
 
     @classmethod
@@ -288,8 +297,17 @@ class Index:
                 raise TypeError("add() takes texts (a sequence of str) or an embeddings array")
             emb = self._query_embedder()
             prompt = (self.model or {}).get("document_prompt_name")
-            vectors = emb.encode(texts, dim=emb.embedding_dim, prompt_name=prompt, batch_size=batch_size,
-                                 show_progress_bar=show_progress_bar) if texts else np.empty((0, self.dim))
+            vectors = (
+                emb.encode(
+                    texts,
+                    dim=emb.embedding_dim,
+                    prompt_name=prompt,
+                    batch_size=batch_size,
+                    show_progress_bar=show_progress_bar,
+                )
+                if texts
+                else np.empty((0, self.dim))
+            )
             vectors = vectors.reshape(len(texts), -1).astype(np.float32)
         n = len(vectors)
         if vectors.shape[1] != self.dim:
@@ -471,7 +489,9 @@ class Index:
             )
         rdim = self.rerank_dim if rerank_dim is None else rerank_dim
         if not 1 <= rdim <= self.rerank_dim:
-            raise DimError(f"rerank_dim must be between 1 and the rerank tier's {self.rerank_dim}, got {rdim}")
+            raise DimError(
+                f"rerank_dim must be between 1 and the rerank tier's {self.rerank_dim}, got {rdim}"
+            )
         over = self.oversample if oversample is None else oversample
         if over < 1:
             raise InputError(f"oversample must be >= 1, got {over}")
@@ -522,8 +542,12 @@ class Index:
         _store.write_index(
             Path(path),
             _store.Written(
-                manifest, arrays, self._store.segments, self.rerank_precision,
-                np.asarray(self._ids, np.int64) if int_ids else self._ids, fields,
+                manifest,
+                arrays,
+                self._store.segments,
+                self.rerank_precision,
+                np.asarray(self._ids, np.int64) if int_ids else self._ids,
+                fields,
             ),
             overwrite=overwrite,
         )
@@ -540,9 +564,13 @@ class Index:
         try:
             cfg = m["shortlist_config"]
             index = cls(
-                m["dim"], shortlist_dim=cfg["dim"], shortlist_precision=cfg["precision"],
-                rerank_dim=m["rerank"]["dim"], rerank_precision=m["rerank"]["precision"],
-                oversample=m["oversample"], model=m["model"],
+                m["dim"],
+                shortlist_dim=cfg["dim"],
+                shortlist_precision=cfg["precision"],
+                rerank_dim=m["rerank"]["dim"],
+                rerank_precision=m["rerank"]["precision"],
+                oversample=m["oversample"],
+                model=m["model"],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"{path / _store.MANIFEST}: invalid field ({exc})") from None

@@ -110,7 +110,9 @@ def make_tier(vectors: np.ndarray, dim: int, precision: str) -> Tier:
         peak = np.abs(p).max(axis=0) if len(p) else np.ones(dim, np.float32)
         scale = (np.maximum(peak, 1e-6) / 127.0).astype(np.float32)
     width = dim // 8 if precision == "ubinary" else dim
-    tier = Tier(dim, precision, np.empty((0, width), np.float16 if precision == "float16" else np.uint8), scale)
+    tier = Tier(
+        dim, precision, np.empty((0, width), np.float16 if precision == "float16" else np.uint8), scale
+    )
     tier.data = tier.encode(vectors)
     return tier
 

@@ -17,6 +17,7 @@ manifest records every file's size: a truncated file is named on load, before it
 from __future__ import annotations
 
 import json
+import mmap as _mmap
 import os
 import shutil
 from dataclasses import dataclass
@@ -159,6 +160,10 @@ def load_array(path: Path, *, mmap: bool, rows: int, width: int | None = None) -
         raise IndexFormatError(f"{path}: unreadable ({exc})") from None
     if len(arr) != rows or (width is not None and (arr.ndim != 2 or arr.shape[1] != width)):
         raise IndexFormatError(f"{path}: shape {arr.shape}, expected {rows} rows of width {width}")
+    raw = getattr(arr, "_mmap", None)
+    if mmap and raw is not None and hasattr(raw, "madvise") and hasattr(_mmap, "MADV_RANDOM"):
+        # rows are read a few at a time, scattered: ask the kernel not to read ahead around them
+        raw.madvise(_mmap.MADV_RANDOM)
     return arr
 
 

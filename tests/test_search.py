@@ -1,0 +1,389 @@
+"""Funnel search (mrl_infer.search): exactness, recall on real embeddings, persistence, bad input, CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrl_infer import DimError, Embedder, IndexFormatError, InputError
+from mrl_infer.search import Index, _scan, _store, semantic_search, similarity
+
+REPO = Path(__file__).resolve().parents[1]
+RETRIEVAL = REPO / "benchmarks" / "data" / "retrieval"
+
+
+def mrl_like(n: int, dim: int = 96, seed: int = 0) -> np.ndarray:
+    """Unit vectors with a decaying per-dim scale and clusters, as Matryoshka embeddings have."""
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(1 + np.arange(dim) / 6)
+    centers = rng.standard_normal((max(2, n // 50), dim)) * scale
+    x = centers[rng.integers(0, len(centers), n)] + 0.7 * rng.standard_normal((n, dim)) * scale
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute(corpus: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: full sort of all float64 scores."""
+    s = queries.astype(np.float64) @ corpus.astype(np.float64).T
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(s, order, 1)
+
+
+def recall(found: np.ndarray, ref: np.ndarray) -> float:
+    return float(
+        np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found.tolist(), ref.tolist(), strict=True)])
+    )
+
+
+# ----------------------------------------------------------------------------- the scan
+
+
+@pytest.mark.parametrize("precision", _scan.SHORTLIST_PRECISIONS)
+@pytest.mark.parametrize("n", [7, 1000, _scan.CHUNK + 1003])
+def test_scan_graph_equals_numpy_top_k(precision: str, n: int) -> None:
+    x = mrl_like(n, 64, seed=n)
+    q = mrl_like(5, 64, seed=1)
+    tier = _scan.make_tier(x, 32, precision)
+    kk = min(n, 40)
+    scores, rows = _scan.shortlist(tier, q, kk)
+    ref = (tier.decode(0, n) @ tier.query(q).astype(np.float32)).T
+    expect = -np.sort(-ref, axis=1)[:, :kk]
+    np.testing.assert_allclose(scores, expect, rtol=1e-6)
+    np.testing.assert_allclose(np.take_along_axis(ref, rows, 1), scores, rtol=1e-6)
+    assert all(len(set(r)) == kk for r in rows.tolist())
+
+
+def test_shipped_scan_graphs_are_what_the_builder_writes() -> None:
+    pytest.importorskip("onnx")
+    r = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_scan_graphs.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("precision", _scan.SHORTLIST_PRECISIONS)
+@pytest.mark.parametrize("rerank_precision", ["float16", "float32"])
+def test_funnel_equals_exact_when_the_shortlist_covers_the_index(
+    precision: str, rerank_precision: str
+) -> None:
+    x = mrl_like(3000)
+    q = mrl_like(20, seed=5)
+    index = Index.from_embeddings(
+        x, shortlist_dim=16, shortlist_precision=precision, rerank_precision=rerank_precision
+    )
+    full = index.search(q, 10, oversample=300)  # 10 x 300 = every row
+    exact = index.search(q, 10, exact=True)
+    np.testing.assert_array_equal(full.positions, exact.positions)
+    np.testing.assert_allclose(full.scores, exact.scores, atol=1e-6)
+    order, ref_scores = brute(x, q, 10)
+    tol = 1e-6 if rerank_precision == "float32" else 2e-3
+    np.testing.assert_allclose(exact.scores, ref_scores, atol=tol)
+    if rerank_precision == "float32":
+        np.testing.assert_array_equal(exact.positions, order)
+
+
+def test_rerank_dim_prefix_matches_brute_force_at_that_dim() -> None:
+    x = mrl_like(2000)
+    q = mrl_like(10, seed=9)
+    index = Index.from_embeddings(x, rerank_precision="float32")
+    got = index.search(q, 5, rerank_dim=48, exact=True)
+    xp = x[:, :48] / np.linalg.norm(x[:, :48], axis=1, keepdims=True)
+    qp = q[:, :48] / np.linalg.norm(q[:, :48], axis=1, keepdims=True)
+    order, scores = brute(xp, qp, 5)
+    np.testing.assert_array_equal(got.positions, order)
+    np.testing.assert_allclose(got.scores, scores, atol=1e-6)
+
+
+def test_smaller_shortlists_lose_recall_and_oversampling_recovers_it() -> None:
+    x = mrl_like(20_000)
+    q = mrl_like(50, seed=3)
+    index = Index.from_embeddings(x, shortlist_dim=16, shortlist_precision="int8")
+    ref = index.search(q, 10, exact=True).positions
+    r1 = recall(index.search(q, 10, oversample=1).positions, ref)
+    r32 = recall(index.search(q, 10, oversample=32).positions, ref)
+    assert r1 < 0.6 and r32 > 0.85 and r32 - r1 > 0.3, (r1, r32)
+
+
+# ----------------------------------------------------------------------------- real embeddings
+
+
+@pytest.fixture(scope="module")
+def mnli() -> tuple[list[str], list[str], np.ndarray, np.ndarray, Embedder]:
+    def read(name: str) -> list[str]:
+        with gzip.open(RETRIEVAL / f"{name}.tsv.gz", "rt", encoding="utf-8") as fh:
+            next(fh)
+            return [line.rstrip("\n").split("\t")[1] for line in fh]
+
+    docs, queries = read("corpus"), read("queries")[:300]
+    emb = Embedder()
+    return docs, queries, emb.encode(docs, batch_size=64), emb.encode(queries, batch_size=64), emb
+
+
+def test_default_funnel_recall_on_real_embeddings(mnli) -> None:
+    _docs, _, dv, qv, emb = mnli
+    index = Index.from_embeddings(dv, model=emb)
+    ref, _ = brute(dv, qv, 10)
+    assert recall(index.search(qv, 10).positions, ref) >= 0.99
+    # the same check fails for a setting known to be too coarse on this model
+    coarse = Index.from_embeddings(dv, shortlist_dim=16, shortlist_precision="ubinary")
+    assert recall(coarse.search(qv, 10, oversample=1).positions, ref) < 0.5
+
+
+def test_text_queries_embed_with_the_index_model(mnli, tmp_path: Path) -> None:
+    docs, queries, _dv, _qv, emb = mnli
+    index = Index.build(emb, docs[:500], ids=[f"d{i}" for i in range(500)], store_text=True)
+    by_text = index.search(queries[:5], 3)
+    by_vec = index.search(emb.encode(queries[:5]), 3)  # the same batch: bit-identical vectors
+    assert by_text.ids == by_vec.ids
+    np.testing.assert_allclose(by_text.scores, by_vec.scores, atol=1e-6)
+    assert index.fields(by_text.positions[0])[0]["text"] == docs[int(by_text.positions[0][0])]
+    index.save(tmp_path / "ix")
+    loaded = Index.load(tmp_path / "ix")  # opens the default model itself on the first text query
+    assert loaded.search(queries[:5], 3).ids == by_text.ids
+
+
+def test_another_models_embedder_is_refused(mnli, nan_model_dir: Path, tmp_path: Path) -> None:
+    _docs, _, dv, _, emb = mnli
+    Index.from_embeddings(dv[:100], model=emb).save(tmp_path / "ix")
+    other = Embedder(nan_model_dir)
+    with pytest.raises(InputError, match=r"built by model .* not comparable"):
+        Index.load(tmp_path / "ix", embedder=other)
+    bare = Index.from_embeddings(dv[:100])
+    with pytest.raises(InputError, match="bare vectors with no model"):
+        bare.search("a query")
+
+
+# ----------------------------------------------------------------------------- persistence
+
+
+@pytest.mark.parametrize("ids", [None, "str"])
+def test_save_load_round_trip(tmp_path: Path, ids: str | None) -> None:
+    x = mrl_like(5000)
+    q = mrl_like(30, seed=4)
+    row_ids = [f"doc-{i}" for i in range(5000)] if ids else None
+    fields = [{"n": i, "tag": "é" * (i % 3)} for i in range(5000)]
+    index = Index.from_embeddings(x, row_ids, fields=fields, shortlist_precision="ubinary", shortlist_dim=64)
+    before = index.search(q, 7)
+    index.save(tmp_path / "ix")
+    loaded = Index.load(tmp_path / "ix")
+    after = loaded.search(q, 7)
+    assert after.ids == before.ids
+    np.testing.assert_array_equal(after.scores, before.scores)
+    assert loaded.ids == (row_ids or list(range(5000)))
+    assert loaded.fields([0, 4999]) == [fields[0], fields[4999]]
+    assert (loaded.shortlist_dim, loaded.shortlist_precision, loaded.oversample) == (
+        64,
+        "ubinary",
+        index.oversample,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]  # no temporary directories left
+
+
+def test_add_then_search_finds_new_rows(tmp_path: Path) -> None:
+    x = mrl_like(4000)
+    index = Index.from_embeddings(x[:3000], [f"a{i}" for i in range(3000)])
+    index.save(tmp_path / "ix")
+    loaded = Index.load(tmp_path / "ix")
+    loaded.add(x[3000:], [f"b{i}" for i in range(1000)], fields=[{"new": True}] * 1000)
+    hits = loaded.search(x[3500], 1)
+    assert hits.ids == [["b500"]]
+    assert loaded.fields(hits.positions[0]) == [{"new": True}]
+    assert loaded.fields([0]) == [{}]
+    with pytest.raises(InputError, match="already in the index"):
+        loaded.add(x[:1], ["a0"])
+    loaded.save(tmp_path / "ix", overwrite=True)
+    again = Index.load(tmp_path / "ix")
+    assert len(again) == 4000 and again.search(x[3500], 1).ids == [["b500"]]
+
+
+def test_memory_mapped_load_does_not_read_the_rerank_tier(tmp_path: Path) -> None:
+    n = 250_000
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 384), dtype=np.float32)
+    Index.from_embeddings(x, shortlist_dim=32, rerank_precision="float32").save(tmp_path / "ix")
+    rerank_mb = (tmp_path / "ix" / "rerank.npy").stat().st_size / 2**20
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        from mrl_infer.search import Index
+        def rss():
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon"):  # private memory; file pages mapped in are page cache
+                    return int(line.split()[1]) / 1024
+        q = np.random.default_rng(1).standard_normal((8, 384)).astype(np.float32)
+        Index.from_embeddings(q).search(q, 3)  # warm up onnxruntime and the scan session
+        base = rss()
+        index = Index.load({str(tmp_path / "ix")!r}, mmap=sys.argv[1] == "mmap")
+        index.search(q, 10)
+        print(rss() - base)
+    """)
+    grown = {}
+    for mode in ("mmap", "ram"):
+        r = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
+        grown[mode] = float(r.stdout.split()[-1])
+    assert rerank_mb > 350
+    # growth = the shortlist tier (8 MB) and ids as Python objects; the 366 MB rerank tier stays in
+    # the page cache, not in the process's own memory
+    assert grown["mmap"] < 0.25 * rerank_mb, grown
+    assert grown["ram"] - grown["mmap"] > 0.9 * rerank_mb, grown  # the same probe sees a tier read into RAM
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_queries_and_k() -> None:
+    x = mrl_like(50)
+    index = Index.from_embeddings(x)
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="k must be a positive int"):
+            index.search(x[:1], k)  # type: ignore[arg-type]
+    everything = index.search(x[:2], 500)
+    assert everything.scores.shape == (2, 50)
+    assert (np.diff(everything.scores, axis=1) <= 0).all()
+    q = x[:3].copy()
+    q[1, 4] = np.nan
+    with pytest.raises(InputError, match=r"rows \[1\] contain NaN"):
+        index.search(q)
+    with pytest.raises(DimError, match="query embeddings have dim 95, this index holds dim 96"):
+        index.search(x[:2, :95])
+    with pytest.raises(DimError, match="shortlist tier holds 96 dims, not 32"):
+        Index.from_embeddings(x, shortlist_dim=96).search(x[:1], shortlist_dim=32)
+    with pytest.raises(DimError, match="rerank_dim must be between 1 and"):
+        index.search(x[:1], rerank_dim=200)
+    with pytest.raises(InputError, match="index is empty"):
+        Index(96).search(x[:1])
+    with pytest.raises(DimError, match="ubinary shortlist needs shortlist_dim divisible by 8"):
+        Index(96, shortlist_dim=12, shortlist_precision="ubinary")
+    with pytest.raises(InputError, match="contain duplicates"):
+        Index.from_embeddings(x[:2], ["a", "a"])
+    with pytest.raises(InputError, match="rows \\[0\\] are all zeros"):
+        Index.from_embeddings(np.zeros((1, 8)))
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    Index.from_embeddings(mrl_like(300), fields=[{"i": i} for i in range(300)]).save(tmp_path / "ix")
+    return tmp_path / "ix"
+
+
+def test_damaged_index_directories_are_named(saved: Path, tmp_path: Path) -> None:
+    with pytest.raises(IndexFormatError, match="no such index directory"):
+        Index.load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IndexFormatError, match=r"empty/index.json: missing"):
+        Index.load(tmp_path / "empty")
+    rerank = saved / "rerank.npy"
+    data = rerank.read_bytes()
+    rerank.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexFormatError, match=r"rerank.npy: \d+ bytes, the manifest says \d+ \(truncated"):
+        Index.load(saved)
+    rerank.write_bytes(data)
+    (saved / "fields.jsonl").unlink()
+    with pytest.raises(IndexFormatError, match=r"fields.jsonl: missing"):
+        Index.load(saved)
+
+
+def test_newer_format_and_garbage_manifest(saved: Path) -> None:
+    manifest = json.loads((saved / "index.json").read_text())
+    (saved / "index.json").write_text(json.dumps(manifest | {"format_version": _store.FORMAT_VERSION + 1}))
+    with pytest.raises(IndexFormatError, match="written by a newer mrl-infer"):
+        Index.load(saved)
+    (saved / "index.json").write_text("{not json")
+    with pytest.raises(IndexFormatError, match="not valid JSON"):
+        Index.load(saved)
+
+
+def test_a_failed_save_leaves_no_half_written_index(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    index = Index.load(saved)
+    index.add(mrl_like(10, seed=7))
+
+    def boom(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_store, "_write_fields", boom)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(saved.parent / "new")
+    with pytest.raises(OSError, match="disk full"):
+        index.save(saved, overwrite=True)
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["ix"]
+    assert len(Index.load(saved)) == 300  # the old index is untouched
+    with pytest.raises(FileExistsError, match="already exists"):
+        index.save(saved)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_similarity_and_semantic_search_match_numpy() -> None:
+    a, b = mrl_like(4, seed=1), mrl_like(300, seed=2)
+    np.testing.assert_allclose(similarity(a, b), a @ b.T, atol=1e-6)
+    with pytest.raises(DimError, match="a has dim 96, b has dim 32"):
+        similarity(a, b[:, :32])
+    hits = semantic_search(a, b, k=5)
+    order, scores = brute(b, a, 5)
+    assert [[h["corpus_id"] for h in row] for row in hits] == order.tolist()
+    np.testing.assert_allclose([[h["score"] for h in row] for row in hits], scores, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_index_build_and_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mrl_infer.cli import main
+
+    texts = [
+        "a cat sits on the mat",
+        "a dog runs in the park",
+        "the stock market fell today",
+        "rain in Spain",
+    ]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    out = tmp_path / "ix"
+    assert main(["index", "build", str(src), "-o", str(out), "--id-field", "id", "-q"]) == 0
+    assert not (tmp_path / "ix.mrl-index").exists()
+    capsys.readouterr()
+    assert main(["search", str(out), "a kitten on a rug", "shares dropped", "-k", "1", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["results"][0]["id"] for r in lines] == ["t0", "t2"]
+    assert lines[0]["results"][0]["text"] == texts[0]
+    assert main(["index", "build", str(src), "-o", str(out), "-q"]) == 2  # exists, no --overwrite
+    assert "already exists" in capsys.readouterr().err
+
+    emb = Embedder().encode(texts)
+    np.save(tmp_path / "e.npy", emb)
+    assert (
+        main(["index", "build", "--from-embeddings", str(tmp_path / "e.npy"), "-o", str(tmp_path / "ix2")])
+        == 0
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "mrl_infer.cli", "search", str(tmp_path / "ix2"), "-k", "2"],
+        input="heavy rain\n\nmarkets\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    blocks = r.stdout.split("# ")[1:]
+    assert [b.splitlines()[0] for b in blocks] == ["heavy rain", "markets"]
+    assert blocks[0].splitlines()[1].split()[2] == "3"
+    assert main(["search", str(tmp_path / "missing"), "q"]) == 2
+    assert "no such index directory" in capsys.readouterr().err
+
+
+def test_import_and_search_load_no_heavy_modules() -> None:
+    code = (
+        "import sys, numpy as np, mrl_infer\n"
+        "x = np.random.default_rng(0).standard_normal((100, 64)).astype(np.float32)\n"
+        "mrl_infer.Index.from_embeddings(x).search(x[:2], 3)\n"
+        "heavy = ('torch', 'transformers', 'onnx', 'pyarrow', 'ray', 'starlette', 'uvicorn', 'faiss')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
