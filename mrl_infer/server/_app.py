@@ -38,6 +38,7 @@ from mrl_infer.server._errors import (
 )
 from mrl_infer.server._metrics import Metrics
 from mrl_infer.server._schemas import build_response, parse_request
+from mrl_infer.server._search import search_route
 
 logger = logging.getLogger("mrl_infer.server")
 
@@ -305,6 +306,7 @@ def _routes(state: AppState) -> list[Route]:
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/search", search_route(state), methods=["POST"]),
     ]
 
 
@@ -315,7 +317,7 @@ def create_app(embedder: EmbedderSource, config: ServerConfig | None = None, ind
         embedder: an Embedder, a zero-argument function returning one (loaded in the background at
             start-up, so ``/health`` answers 503 meanwhile), or any ``Backend`` (tests).
         config: server settings (default ``ServerConfig()``).
-        index: reserved for ``/v1/search`` (not served yet).
+        index: an :class:`~mrl_infer.Index` served at ``/v1/search`` (404 there when None).
 
     Returns:
         A Starlette app; its lifespan starts the batcher and the model's warm-up, and on shutdown

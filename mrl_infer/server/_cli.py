@@ -40,6 +40,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--max-seq-length", type=_positive, help="truncate inputs to fewer tokens than the model's"
     )
+    p.add_argument("--index", metavar="DIR", help="serve POST /v1/search over this index (mrl-embed index)")
     p.add_argument("--served-model-name", help="the model name /v1/models lists (default: the model's name)")
     p.add_argument(
         "--strict-model-name",
@@ -159,7 +160,12 @@ def run_serve(args: argparse.Namespace) -> int:
     _GracefulServer = _graceful_server_class()
     level = getattr(logging, args.log_level.upper())
     logging.getLogger("mrl_infer.server").setLevel(level)
-    app = create_app(load, config)
+    index = None
+    if args.index:
+        from mrl_infer.search import Index
+
+        index = Index.load(args.index)  # a bad index fails here, before the port opens
+    app = create_app(load, config, index=index)
     server = _GracefulServer(
         uvicorn.Config(
             app,
