@@ -104,11 +104,13 @@ def test_minilm_parity_figures(minilm_export: tuple[Path, dict[str, Any]]) -> No
     int8 = manifest["variants"]["int8"]["parity"]["dims"]
     assert set(fp32) == {str(d) for d in MINILM_DIMS}
     # Measured (onnxruntime 1.32, opset 17, optimize none): fp32 min cosine 1 - 1e-12 and max abs diff
-    # 2.2e-7..5.6e-7; int8 (dynamic, per-channel) min cosine 0.969..0.974 over the built-in + STS-B texts.
+    # 2.2e-7..5.6e-7; int8 (dynamic, per-channel) min cosine 0.969..0.974 over the built-in + STS-B texts
+    # on an AVX-512 VNNI machine, and down to 0.9576 on an AVX2 one (the quantizer's reduce_range path):
+    # the floor holds on both ISAs; a broken quantization lands far below it.
     for d in MINILM_DIMS:
         assert fp32[str(d)]["min_cosine"] >= 0.9999999
         assert fp32[str(d)]["max_abs_diff"] < 5e-6
-        assert int8[str(d)]["min_cosine"] > 0.96
+        assert int8[str(d)]["min_cosine"] > 0.95
     if _verify.find_stsb_dev() is not None:
         delta = manifest["variants"]["int8"]["parity"]["stsb_spearman_delta_vs_fp32"]
         assert abs(delta["384"]) < 0.02
