@@ -323,18 +323,14 @@ class Index:
         self._store.append(vectors)
         self._ids.extend(new_ids)
         self._id_set.update(new_ids)
-        if rows is not None:
-            if isinstance(self._fields, _store.FieldFile):
-                self._fields = self._fields.to_list()
-            self._fields = (self._fields or [{} for _ in range(len(self._ids) - n)]) + rows
-        elif self._fields is not None:
-            if isinstance(self._fields, _store.FieldFile):
-                self._fields = self._fields.to_list()
-            self._fields = self._fields + [{} for _ in range(n)]
+        if rows is not None or self._fields is not None:  # rows without fields get {}
+            old = self._fields or [{} for _ in range(len(self._ids) - n)]
+            old = old.to_list() if isinstance(old, _store.FieldFile) else old
+            self._fields = old + (rows or [{} for _ in range(n)])
 
     def _check_ids(self, ids: Sequence[Any] | None, n: int) -> list[Any]:
         if ids is None:
-            if self._ids and not all(isinstance(i, int) for i in self._ids[-1:]):
+            if self._ids and not isinstance(self._ids[-1], int):
                 raise InputError("this index has string ids: pass ids= for the new rows")
             start = len(self._ids)
             return list(range(start, start + n))

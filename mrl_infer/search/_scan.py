@@ -67,7 +67,9 @@ class Tier:
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         """Tier rows for unit vectors ``[n, D]`` (D >= dim); int8 rows beyond the scale saturate."""
-        p = prefix_normalize(vectors, self.dim)
+        return self._encode_prefix(prefix_normalize(vectors, self.dim))
+
+    def _encode_prefix(self, p: np.ndarray) -> np.ndarray:
         if self.precision == "float16":
             return p.astype(np.float16)
         if self.precision == "int8":
@@ -99,21 +101,20 @@ class Tier:
 
 
 def make_tier(vectors: np.ndarray, dim: int, precision: str) -> Tier:
-    """Build a tier from unit vectors ``[n, D]``; the int8 scale is fitted to these rows."""
-    if precision not in SHORTLIST_PRECISIONS:
-        raise ValueError(f"shortlist_precision must be one of {SHORTLIST_PRECISIONS}, got {precision!r}")
-    if precision == "ubinary" and dim % 8:
-        raise ValueError(f"a ubinary shortlist needs shortlist_dim divisible by 8, got {dim}")
+    """Build a tier from unit vectors ``[n, D]``; the int8 scale is fitted to these rows.
+
+    ``dim`` and ``precision`` are checked by ``Index``.
+    """
+    p = prefix_normalize(vectors, dim)
     scale = None
     if precision == "int8":
-        p = prefix_normalize(vectors, dim)
         peak = np.abs(p).max(axis=0) if len(p) else np.ones(dim, np.float32)
         scale = (np.maximum(peak, 1e-6) / 127.0).astype(np.float32)
     width = dim // 8 if precision == "ubinary" else dim
     tier = Tier(
         dim, precision, np.empty((0, width), np.float16 if precision == "float16" else np.uint8), scale
     )
-    tier.data = tier.encode(vectors)
+    tier.data = tier._encode_prefix(p)
     return tier
 
 
