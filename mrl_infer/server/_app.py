@@ -38,7 +38,7 @@ from mrl_infer.server._errors import (
 )
 from mrl_infer.server._metrics import Metrics
 from mrl_infer.server._schemas import build_response, parse_request
-from mrl_infer.server._search import search_route
+from mrl_infer.server._search import search_routes
 
 logger = logging.getLogger("mrl_infer.server")
 
@@ -157,7 +157,9 @@ class RequestLogMiddleware:
             logger.info("%s %s %d %.1f ms%s", scope["method"], scope["path"], status, ms, extra)
 
 
-_KNOWN_PATHS = frozenset({"/v1/embeddings", "/embeddings", "/v1/models", "/health", "/metrics"})
+_KNOWN_PATHS = frozenset(
+    {"/v1/embeddings", "/embeddings", "/v1/models", "/health", "/metrics", "/v1/search", "/v1/index", "/"}
+)
 
 
 # ---------------------------------------------------------------------- routes
@@ -306,7 +308,7 @@ def _routes(state: AppState) -> list[Route]:
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/v1/search", search_route(state), methods=["POST"]),
+        *search_routes(state),
     ]
 
 

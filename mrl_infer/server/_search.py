@@ -21,6 +21,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from mrl_infer.errors import OverloadedError
 from mrl_infer.server._errors import HTTPError, RequestError, error_response
@@ -93,6 +94,11 @@ def _results(index: Any, req: SearchRequest, hits: Any) -> list[dict[str, Any]]:
         ]
         data.append({"object": "search_result", "index": i, "query": query, "results": rows})
     return data
+
+
+def search_routes(state: Any) -> list[Route]:
+    """The index routes (``POST /v1/search``) over ``state.index``."""
+    return [Route("/v1/search", search_route(state), methods=["POST"])]
 
 
 def search_route(state: Any) -> Callable[[Request], Any]:
