@@ -296,14 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
     parser.add_argument("--version", action="version", version=f"mrl-embed {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{embed,index,search,serve,info,eval}")
+    sub = parser.add_subparsers(dest="command", required=True)  # argparse lists them in this order
     _add_embed(sub)
     from mrl_infer.search._cli import add_parsers as add_search_parsers
 
     add_search_parsers(sub)
-    from mrl_infer.server._cli import add_parser as add_serve_parser  # no starlette import
+    from mrl_infer.server._cli import add_parsers as add_server_parsers  # no starlette import
 
-    add_serve_parser(sub)
+    add_server_parsers(sub)
     info = sub.add_parser("info", help="show a model's dims, prompts, variants, parity and providers")
     info.add_argument("model", nargs="?", help="model directory or Hub id (default: the embedded model)")
     ev = sub.add_parser("eval", help="STS-B / retrieval quality per dim and variant (mrl_infer._quality)")

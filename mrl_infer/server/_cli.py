@@ -20,8 +20,8 @@ def _positive(value: str) -> int:
     return n
 
 
-def add_parser(sub: Any) -> None:
-    """Register ``serve`` on the ``mrl-embed`` subparsers."""
+def add_parsers(sub: Any) -> None:
+    """Register the server's commands (``serve``) on the ``mrl-embed`` subparsers."""
     p = sub.add_parser(
         "serve",
         help="serve an OpenAI-compatible /v1/embeddings API (needs the [server] extra)",
