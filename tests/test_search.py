@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mrl_infer import DimError, Embedder, IndexFormatError, InputError
-from mrl_infer.search import Index, _scan, _store, semantic_search, similarity
+from mrl_infer.search import Index, SearchResult, _scan, _store, semantic_search, similarity
 
 REPO = Path(__file__).resolve().parents[1]
 RETRIEVAL = REPO / "benchmarks" / "data" / "retrieval"
@@ -235,6 +235,206 @@ def test_memory_mapped_load_does_not_read_the_rerank_tier(tmp_path: Path) -> Non
     assert grown["ram"] - grown["mmap"] > 0.9 * rerank_mb, grown  # the same probe sees a tier read into RAM
 
 
+# ----------------------------------------------------------------------------- several tiers
+
+TIERS = [(32, "int8"), (16, "float16"), (64, "ubinary"), (32, "float16"), (96, "int8")]
+
+
+def _multi(x: np.ndarray, **params: object) -> Index:
+    index = Index.from_embeddings(x, shortlist_dim=32, shortlist_precision="int8", **params)
+    for dim, precision in TIERS[1:]:
+        index.add_tier(dim, precision)
+    return index
+
+
+@pytest.mark.parametrize("rerank_precision", ["float32", "float16"])
+def test_each_tier_of_a_multi_tier_index_equals_a_single_tier_index(rerank_precision: str) -> None:
+    x = mrl_like(3000)
+    q = mrl_like(20, seed=5)
+    multi = _multi(x, rerank_precision=rerank_precision)
+    assert multi.tiers == TIERS
+    for dim, precision in TIERS:
+        # the reference tier is built from the vectors as the rerank tier holds them, which is
+        # what add_tier builds from (float16 rounding included)
+        ref_x = multi._store.gather(np.arange(len(multi))) if rerank_precision == "float16" else x
+        single = Index.from_embeddings(
+            ref_x, shortlist_dim=dim, shortlist_precision=precision, rerank_precision=rerank_precision
+        )
+        want = single.search(q, 10, oversample=4)
+        got = multi.search(q, 10, oversample=4, shortlist_dim=dim, shortlist_precision=precision)
+        assert got.ids == want.ids, (dim, precision)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        assert got.stats["shortlist"]["dim"] == dim and got.stats["shortlist"]["precision"] == precision
+    # the tiers really differ: a coarse tier finds fewer of the exact neighbours than a fine one
+    ref = multi.search(q, 10, exact=True).positions
+    coarse = recall(multi.search(q, 10, oversample=1, shortlist_dim=16).positions, ref)
+    fine = recall(multi.search(q, 10, oversample=1, shortlist_dim=96).positions, ref)
+    assert fine > coarse + 0.2, (coarse, fine)
+
+
+def test_tier_picking_rules() -> None:
+    x = mrl_like(500)
+    multi = _multi(x)
+    q = x[:3]
+    pick = lambda **kw: tuple(multi.search(q, 3, **kw).stats["shortlist"][f] for f in ("dim", "precision"))  # noqa: E731
+    assert pick() == (32, "int8")  # the default
+    assert pick(shortlist_dim=32) == (32, "int8")  # two 32-d tiers: the default precision's
+    assert pick(shortlist_dim=16) == (16, "float16")  # the only 16-d tier
+    assert pick(shortlist_precision="ubinary") == (64, "ubinary")
+    assert pick(shortlist_precision="float16") == (32, "float16")  # two float16: the default dim's
+    assert pick(shortlist_dim=32, shortlist_precision="float16") == (32, "float16")
+    with pytest.raises(
+        DimError,
+        match=r"no 8-d shortlist tier \(its tiers: 32-d int8 \(default\), 16-d float16, "
+        r"64-d ubinary, 32-d float16, 96-d int8\); add one with index.add_tier\(8, 'int8'\)",
+    ):
+        multi.search(q, shortlist_dim=8)
+    with pytest.raises(DimError, match=r"no 16-d int8 shortlist tier .*add_tier\(16, 'int8'\)"):
+        multi.search(q, shortlist_dim=16, shortlist_precision="int8")
+    with pytest.raises(DimError, match="no 16-d int8 shortlist tier"):
+        multi.search(q, exact=True, shortlist_dim=16, shortlist_precision="int8")  # checked for exact too
+    with pytest.raises(ValueError, match="shortlist_precision must be one of"):
+        multi.search(q, shortlist_precision="int4")
+    two = Index.from_embeddings(x, shortlist_dim=32, shortlist_precision="int8")
+    two.add_tier(64, "float16")
+    two.add_tier(64, "ubinary")
+    with pytest.raises(
+        DimError,
+        match=r"2 64-d shortlist tiers .*pass shortlist_dim=64, shortlist_precision="
+        r"'float16' or shortlist_dim=64, shortlist_precision='ubinary'",
+    ):
+        two.search(q, shortlist_dim=64)
+
+
+def test_add_tier_checks_its_arguments() -> None:
+    x = mrl_like(200)
+    index = Index.from_embeddings(x, rerank_dim=48)
+    with pytest.raises(DimError, match="between 1 and the rerank tier's 48 dims"):
+        index.add_tier(64, "float16")
+    with pytest.raises(DimError, match="ubinary tier needs dim divisible by 8, got 12"):
+        index.add_tier(12, "ubinary")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        index.add_tier(16, "int4")
+    with pytest.raises(DimError, match="between 1 and"):
+        index.add_tier(0, "int8")
+    index.add_tier(16, "float16")
+    before = index._tiers[(16, "float16")]
+    index.add_tier(16, "float16")  # an existing tier: a no-op
+    assert index.tiers == [(96, "int8"), (16, "float16")] and index._tiers[(16, "float16")] is before
+    assert index.tier_bytes == {(96, "int8"): 200 * 96 + 96 * 4, (16, "float16"): 200 * 16 * 2}
+    assert index.memory["shortlist"] == sum(index.tier_bytes.values())
+
+
+def test_add_after_add_tier_extends_every_tier(tmp_path: Path) -> None:
+    x = mrl_like(3000)
+    q = mrl_like(10, seed=8)
+    multi = _multi(x[:2000], rerank_precision="float32")
+    multi.add(x[2000:])
+    assert all(len(multi._tiers[t]) == 3000 for t in TIERS)
+    for dim, precision in TIERS:
+        # the same history in a single-tier index: int8 scales fitted to the first 2000 rows
+        single = Index.from_embeddings(
+            x[:2000], shortlist_dim=dim, shortlist_precision=precision, rerank_precision="float32"
+        )
+        single.add(x[2000:])
+        kw = {"shortlist_dim": dim, "shortlist_precision": precision}
+        got = multi.search(q, 10, oversample=4, **kw)
+        want = single.search(q, 10, oversample=4)
+        assert got.ids == want.ids, (dim, precision)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        assert multi.search(x[2500], 1, **kw).ids == [[2500]]  # a new row, found through this tier
+    # an empty index takes tiers too; they are built with its first rows
+    empty = Index(96, shortlist_dim=32)
+    empty.add_tier(16, "float16")
+    empty.save(tmp_path / "empty")
+    loaded = Index.load(tmp_path / "empty")
+    assert loaded.tiers == [(32, "int8"), (16, "float16")] and loaded.memory["shortlist"] == 0
+    loaded.add(x[:2000])
+    want = Index.from_embeddings(x[:2000], shortlist_dim=16, shortlist_precision="float16")
+    assert loaded.search(q, 5, shortlist_dim=16).ids == want.search(q, 5).ids
+
+
+def test_multi_tier_save_load_round_trip(tmp_path: Path) -> None:
+    x = mrl_like(3000)
+    q = mrl_like(20, seed=6)
+    multi = _multi(x, oversample=8)
+    before = {t: multi.search(q, 7, shortlist_dim=t[0], shortlist_precision=t[1]) for t in TIERS}
+    multi.save(tmp_path / "ix")
+    manifest = json.loads((tmp_path / "ix" / "index.json").read_text())
+    assert manifest["format_version"] == 1
+    assert manifest["shortlist_config"] == {"dim": 32, "precision": "int8"}
+    assert sorted((e["dim"], e["precision"]) for e in manifest["shortlist"]) == sorted(TIERS)
+    # the default tier is the last entry: a reader from before add_tier keeps the last one it reads
+    assert (manifest["shortlist"][-1]["dim"], manifest["shortlist"][-1]["precision"]) == (32, "int8")
+    loaded = Index.load(tmp_path / "ix")
+    assert loaded.tiers == TIERS
+    assert (loaded.shortlist_dim, loaded.shortlist_precision, loaded.oversample) == (32, "int8", 8)
+    assert loaded.tier_bytes == multi.tier_bytes
+    for t in TIERS:
+        after = loaded.search(q, 7, shortlist_dim=t[0], shortlist_precision=t[1])
+        assert after.ids == before[t].ids, t
+        np.testing.assert_array_equal(after.scores, before[t].scores)
+    # an index written before add_tier existed (one entry, the default) still loads
+    single = Index.from_embeddings(x, shortlist_dim=64, shortlist_precision="ubinary")
+    single.save(tmp_path / "one")
+    assert len(json.loads((tmp_path / "one" / "index.json").read_text())["shortlist"]) == 1
+    assert Index.load(tmp_path / "one").tiers == [(64, "ubinary")]
+    # a manifest whose default tier has no entry is named
+    manifest["shortlist"] = manifest["shortlist"][:-1]
+    (tmp_path / "ix" / "index.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match=r"invalid 'shortlist' .*default tier \(32, 'int8'\)"):
+        Index.load(tmp_path / "ix")
+
+
+def test_search_stats() -> None:
+    x = mrl_like(1000)
+    q = mrl_like(4, seed=2)
+    index = Index.from_embeddings(x, shortlist_dim=32, oversample=8)
+    st = index.search(q, 10).stats
+    assert st["queries"] == 4 and "embed_seconds" not in st and "exact" not in st
+    assert {k: v for k, v in st["shortlist"].items() if k != "seconds"} == {
+        "dim": 32,
+        "precision": "int8",
+        "rows": 1000,
+        "candidates": 80,
+    }
+    assert {k: v for k, v in st["rerank"].items() if k != "seconds"} == {
+        "dim": 96,
+        "precision": "float16",
+        "rows": 80,
+        "kept": 10,
+    }
+    assert st["shortlist"]["seconds"] > 0 and st["rerank"]["seconds"] > 0
+    st = index.search(q, 300, rerank_dim=48).stats  # 300 x 8 > 1000: the shortlist keeps every row
+    assert st["shortlist"]["candidates"] == 1000 and st["rerank"]["rows"] == 1000
+    assert st["rerank"]["kept"] == 300 and st["rerank"]["dim"] == 48
+    st = index.search(q, 2000, exact=True).stats
+    assert set(st) == {"queries", "exact"}
+    assert {k: v for k, v in st["exact"].items() if k != "seconds"} == {
+        "dim": 96,
+        "precision": "float16",
+        "rows": 1000,
+        "kept": 1000,
+    }
+    assert st["exact"]["seconds"] > 0
+
+
+def test_text_query_stats_time_the_embedding() -> None:
+    emb = Embedder()
+    texts = ["a cat sits on the mat", "a dog runs in the park", "the stock market fell today"]
+    index = Index.build(emb, texts)
+    hits = index.search(["a kitten", "shares dropped"], 2)
+    assert hits.ids[1][0] == 2
+    st = hits.stats
+    assert st["queries"] == 2 and st["embed_seconds"] > 0
+    assert st["shortlist"]["rows"] == 3 and st["shortlist"]["candidates"] == 3 and st["rerank"]["kept"] == 2
+
+
+def test_search_result_constructors_without_stats() -> None:
+    r = SearchResult([[1]], np.ones((1, 1), np.float32), np.zeros((1, 1), np.int64))
+    assert r.stats == {} and len(r) == 1
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -375,6 +575,43 @@ def test_cli_index_build_and_search(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert blocks[0].splitlines()[1].split()[2] == "3"
     assert main(["search", str(tmp_path / "missing"), "q"]) == 2
     assert "no such index directory" in capsys.readouterr().err
+
+
+def test_cli_index_build_tiers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mrl_infer.cli import main
+
+    x = Embedder().encode([f"text number {i} about {w}" for i, w in enumerate(["cats", "dogs", "rain"] * 20)])
+    np.save(tmp_path / "e.npy", x)
+    base = ["index", "build", "--from-embeddings", str(tmp_path / "e.npy"), "-q"]
+    out = tmp_path / "ix"
+    assert main([*base, "-o", str(out), "--tier", "64:float16", "--tier", "256:ubinary"]) == 0
+    index = Index.load(out)
+    assert index.tiers == [(128, "int8"), (64, "float16"), (256, "ubinary")]
+    q = x[[3, 40]]
+    want = Index.from_embeddings(x, shortlist_dim=64, shortlist_precision="float16").search(q, 3)
+    assert index.search(q, 3, shortlist_dim=64).ids == want.ids
+    capsys.readouterr()
+    assert main(["search", str(out), "text about rain", "-k", "2", "--json", "--shortlist-dim", "256"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 2
+    assert main(["search", str(out), "q", "--shortlist-dim", "32"]) == 2
+    assert "no 32-d shortlist tier" in capsys.readouterr().err
+    for bad, message in (
+        ("64", "'64' is not DIM:PRECISION"),
+        ("64:int4", "'64:int4' is not DIM:PRECISION"),
+        ("x:int8", "'x:int8' is not DIM:PRECISION"),
+        ("0:int8", "'0:int8' is not DIM:PRECISION"),
+        ("12:ubinary", "'12:ubinary': a ubinary tier needs DIM divisible by 8"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main([*base, "-o", str(tmp_path / "bad"), "--tier", bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "--tier" in err and message in err, (bad, err)
+    assert main([*base, "-o", str(tmp_path / "bad"), "--tier", "512:int8"]) == 2  # above the model's 384
+    assert "add_tier: dim must be between 1 and the rerank tier's 384 dims" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "bad"), "--rerank-dim", "128", "--tier", "256:int8"]) == 2
+    assert "--tier 256:int8: DIM must be <= --rerank-dim 128" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_import_and_search_load_no_heavy_modules() -> None:

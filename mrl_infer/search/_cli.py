@@ -22,6 +22,26 @@ def _positive(value: str) -> int:
     return n
 
 
+_PRECISIONS = ("float16", "int8", "ubinary")  # mrl_infer.search._scan.SHORTLIST_PRECISIONS
+
+
+def _tier(value: str) -> tuple[int, str]:
+    """``DIM:PRECISION`` (``64:float16``) for ``--tier``; the error names the bad value."""
+    dim_s, sep, precision = value.partition(":")
+    try:
+        dim = int(dim_s)
+    except ValueError:
+        dim = 0
+    if not sep or dim < 1 or precision not in _PRECISIONS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not DIM:PRECISION with DIM a positive int and PRECISION one of "
+            f"{', '.join(_PRECISIONS)} (e.g. 64:float16)"
+        )
+    if precision == "ubinary" and dim % 8:
+        raise argparse.ArgumentTypeError(f"{value!r}: a ubinary tier needs DIM divisible by 8")
+    return dim, precision
+
+
 def add_parsers(sub: Any) -> None:
     """Register ``index`` (with ``build``) and ``search`` on the top-level subparsers."""
     from mrl_infer.search import _index as defaults
@@ -64,6 +84,16 @@ def add_parsers(sub: Any) -> None:
         choices=("float16", "int8", "ubinary"),
         default=defaults.DEFAULT_SHORTLIST_PRECISION,
     )
+    b.add_argument(
+        "--tier",
+        type=_tier,
+        action="append",
+        default=[],
+        metavar="DIM:PRECISION",
+        help="an extra shortlist tier (repeatable, e.g. --tier 64:float16 --tier 256:ubinary); "
+        "--shortlist-dim/--shortlist-precision is the default one, mrl-embed search "
+        "--shortlist-dim/--shortlist-precision picks another",
+    )
     b.add_argument("--rerank-dim", type=_positive, help="rerank-tier dims (default: all)")
     b.add_argument(
         "--rerank-precision", choices=("float16", "float32"), default=defaults.DEFAULT_RERANK_PRECISION
@@ -87,7 +117,10 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("-k", type=_positive, default=10, help="results per query (default 10)")
     s.add_argument("--json", action="store_true", help="one JSON object per query")
     s.add_argument("--oversample", type=_positive)
-    s.add_argument("--shortlist-dim", type=_positive)
+    s.add_argument(
+        "--shortlist-dim", type=_positive, help="the shortlist tier to scan (default: the index's)"
+    )
+    s.add_argument("--shortlist-precision", choices=_PRECISIONS, help="the shortlist tier's precision")
     s.add_argument("--rerank-dim", type=_positive)
     s.add_argument("--exact", action="store_true", help="brute-force full-dim search (the reference)")
     s.set_defaults(handler=cmd_search)
@@ -97,18 +130,27 @@ def _tuning(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in _TUNING if getattr(args, k) is not None}
 
 
+def _add_tiers(index: Any, tiers: list[tuple[int, str]]) -> None:
+    for dim, precision in tiers:
+        index.add_tier(dim, precision)
+
+
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from mrl_infer.errors import InputError
+    from mrl_infer.errors import DimError, InputError
     from mrl_infer.search import Index
 
     target = Path(args.output)
     if target.exists() and not args.overwrite:
         raise InputError(f"{target} already exists (pass --overwrite to replace it)")
+    for dim, precision in args.tier:  # what can be checked before embedding
+        if args.rerank_dim is not None and dim > args.rerank_dim:
+            raise DimError(f"--tier {dim}:{precision}: DIM must be <= --rerank-dim {args.rerank_dim}")
     model = args.model or "default"
     if args.from_embeddings:
         if args.inputs:
             raise InputError("give either INPUT files or --from-embeddings, not both")
         index = Index.from_file(args.from_embeddings, model=model, **_tuning(args))
+        _add_tiers(index, args.tier)
         index.save(target, overwrite=args.overwrite)
         print(f"indexed {len(index)} rows from {args.from_embeddings} into {target}", file=sys.stderr)
         return 0
@@ -136,6 +178,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     summary = run_job(opts)
     print(summary.describe(), file=sys.stderr)
     index = Index.from_file(output, model=model, store_text=args.store_text, **_tuning(args))
+    _add_tiers(index, args.tier)  # a DimError here keeps the embeddings: --resume reuses them
     index.save(target, overwrite=args.overwrite)
     shutil.rmtree(work, ignore_errors=True)
     print(f"wrote index {target}: {index!r}", file=sys.stderr)
@@ -163,6 +206,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.k,
         oversample=args.oversample,
         shortlist_dim=args.shortlist_dim,
+        shortlist_precision=args.shortlist_precision,
         rerank_dim=args.rerank_dim,
         exact=args.exact,
     )

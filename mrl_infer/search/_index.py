@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,22 @@ class SearchResult:
 
     ``ids``: ``[n_queries][k']`` ids; ``scores``: float32 ``[n_queries, k']`` cosine similarities;
     ``positions``: int64 ``[n_queries, k']`` row numbers in the index. ``k' = min(k, len(index))``.
+    ``stats``: what each stage did, filled by :meth:`Index.search` (``time.perf_counter`` seconds)::
+
+        {"queries": n, "embed_seconds": s,                      # embed_seconds: text queries only
+         "shortlist": {"dim", "precision", "rows", "candidates", "seconds"},
+         "rerank": {"dim", "precision", "rows", "kept", "seconds"}}
+        {"queries": n, "exact": {"dim", "precision", "rows", "kept", "seconds"}}   # exact=True
+
+    ``shortlist.rows`` is the rows scanned per query (``len(index)``), ``candidates`` the rows kept
+    per query (``min(len(index), k' * oversample)``); ``rerank.rows`` is those candidates and
+    ``kept`` is ``k'``. ``rerank.dim`` / ``exact.dim`` is the rerank dim used (``rerank_dim``).
     """
 
     ids: list[list[Any]]
     scores: np.ndarray
     positions: np.ndarray
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,12 +113,14 @@ def _as_vectors(x: Any, what: str) -> np.ndarray:
 class Index:
     """Matryoshka funnel search over unit vectors: shortlist on a small prefix, rerank on the full one.
 
-    Two tiers per row:
+    Two kinds of tier per row:
 
-    - the **shortlist tier**, in RAM: the first ``shortlist_dim`` dims, renormalized, stored as
+    - a **shortlist tier**, in RAM: the first ``shortlist_dim`` dims, renormalized, stored as
       float16, int8 (per-dim scale, folded into the query) or ubinary (packed sign bits, scored
       asymmetrically against the float query). Scanned in full for every query batch, in
-      onnxruntime (compiled GEMM + grouped top-k), ``oversample * k`` candidates kept per query;
+      onnxruntime (compiled GEMM + grouped top-k), ``oversample * k`` candidates kept per query.
+      The constructor's ``shortlist_dim``/``shortlist_precision`` is the *default* tier;
+      :meth:`add_tier` adds more (``search(shortlist_dim=..., shortlist_precision=...)`` picks one);
     - the **rerank tier**: the first ``rerank_dim`` dims (default: all), float16 or float32,
       memory-mapped once saved; only the shortlisted rows are read and rescored exactly.
 
@@ -160,7 +174,10 @@ class Index:
         self.oversample = oversample
         self.model = model
         self.threads = threads
-        self._tier: _scan.Tier | None = None
+        # tier specs, the default first; a spec's Tier is built with the first rows (int8 scales
+        # are fitted to them), so an empty index holds specs only
+        self._tier_specs: list[tuple[int, str]] = [(shortlist_dim, shortlist_precision)]
+        self._tiers: dict[tuple[int, str], _scan.Tier] = {}
         self._store = _scan.RowStore(rerank_dim, rerank_precision)
         self._ids: list[Any] = []
         self._id_set: set[Any] = set()
@@ -316,10 +333,12 @@ class Index:
         rows = self._check_fields(fields, texts if store_text else None, n)
         if n == 0:
             return
-        if self._tier is None:
-            self._tier = _scan.make_tier(vectors, self.shortlist_dim, self.shortlist_precision)
-        else:
-            self._tier.append(vectors)
+        for spec in self._tier_specs:
+            tier = self._tiers.get(spec)
+            if tier is None:
+                self._tiers[spec] = _scan.make_tier(vectors, *spec)
+            else:
+                tier.append(vectors)
         self._store.append(vectors)
         self._ids.extend(new_ids)
         self._id_set.update(new_ids)
@@ -327,6 +346,44 @@ class Index:
             old = self._fields or [{} for _ in range(len(self._ids) - n)]
             old = old.to_list() if isinstance(old, _store.FieldFile) else old
             self._fields = old + (rows or [{} for _ in range(n)])
+
+    def add_tier(self, dim: int, precision: str) -> None:
+        """Add a shortlist tier: the first ``dim`` dims of every row at ``precision``.
+
+        Built now over all current rows, from the rerank tier's vectors (decoded to float32; so
+        from float16 values if the rerank tier is float16, and an int8 tier's scale is fitted to
+        these rows); later :meth:`add` calls append to it as to every tier. Adding a tier the
+        index already has is a no-op. Searches pick it with
+        ``search(shortlist_dim=dim, shortlist_precision=precision)``; :attr:`tiers` lists them.
+
+        Raises:
+            DimError: ``dim`` outside ``1..rerank_dim`` (the tier is built from the rerank tier),
+                or a ubinary ``dim`` not divisible by 8.
+            ValueError: ``precision`` not one of float16, int8, ubinary.
+        """
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+            raise DimError(f"add_tier: dim must be an int, got {dim!r}")
+        dim = int(dim)
+        if precision not in _scan.SHORTLIST_PRECISIONS:
+            raise ValueError(
+                f"add_tier: precision must be one of {_scan.SHORTLIST_PRECISIONS}, got {precision!r}"
+            )
+        if not 1 <= dim <= self.rerank_dim:
+            raise DimError(
+                f"add_tier: dim must be between 1 and the rerank tier's {self.rerank_dim} dims "
+                f"(tiers are built from it), got {dim}"
+            )
+        if precision == "ubinary" and dim % 8:
+            raise DimError(f"add_tier: a ubinary tier needs dim divisible by 8, got {dim}")
+        spec = (dim, precision)
+        if spec in self._tier_specs:
+            return
+        if len(self):
+            vectors = np.concatenate(
+                [np.asarray(seg[:, :dim], dtype=np.float32) for seg in self._store.segments]
+            )
+            self._tiers[spec] = _scan.make_tier(vectors, dim, precision)
+        self._tier_specs.append(spec)
 
     def _check_ids(self, ids: Sequence[Any] | None, n: int) -> list[Any]:
         if ids is None:
@@ -372,9 +429,25 @@ class Index:
     def __repr__(self) -> str:
         name = (self.model or {}).get("name", "bare vectors")
         return (
-            f"Index({len(self)} rows of dim {self.dim}, model {name}, shortlist {self.shortlist_dim}-d "
-            f"{self.shortlist_precision}, rerank {self.rerank_dim}-d {self.rerank_precision})"
+            f"Index({len(self)} rows of dim {self.dim}, model {name}, shortlist {self._describe_tiers()}, "
+            f"rerank {self.rerank_dim}-d {self.rerank_precision})"
         )
+
+    def _describe_tiers(self) -> str:
+        return ", ".join(
+            f"{d}-d {p}" + (" (default)" if i == 0 and len(self._tier_specs) > 1 else "")
+            for i, (d, p) in enumerate(self._tier_specs)
+        )
+
+    @property
+    def tiers(self) -> list[tuple[int, str]]:
+        """``(dim, precision)`` of each shortlist tier, the default tier first."""
+        return list(self._tier_specs)
+
+    @property
+    def tier_bytes(self) -> dict[tuple[int, str], int]:
+        """Bytes (RAM) of each shortlist tier, keyed as :attr:`tiers`; 0 before the first rows."""
+        return {spec: self._tiers[spec].nbytes if spec in self._tiers else 0 for spec in self._tier_specs}
 
     @property
     def ids(self) -> list[Any]:
@@ -390,8 +463,9 @@ class Index:
 
     @property
     def memory(self) -> dict[str, int]:
-        """Bytes of each tier: ``shortlist`` (RAM) and ``rerank`` (on disk once saved, memory-mapped)."""
-        return {"shortlist": 0 if self._tier is None else self._tier.nbytes, "rerank": self._store.nbytes}
+        """Bytes of ``shortlist`` (all shortlist tiers, RAM; per tier: :attr:`tier_bytes`) and
+        ``rerank`` (on disk once saved, memory-mapped)."""
+        return {"shortlist": sum(self.tier_bytes.values()), "rerank": self._store.nbytes}
 
     def fields(self, positions: Iterable[int]) -> list[dict[str, Any]]:
         """Stored fields of rows at ``positions`` (``SearchResult.positions``); ``{}`` if none stored."""
@@ -433,21 +507,63 @@ class Index:
                 f"(fingerprint {fp[:12]}): their embeddings are not comparable"
             )
 
-    def _queries(self, queries: Any) -> np.ndarray:
+    def _queries(self, queries: Any) -> tuple[np.ndarray, float | None]:
+        """Unit query vectors, and the seconds spent embedding them (None for vector queries)."""
         if isinstance(queries, str) or (
             isinstance(queries, (list, tuple)) and queries and all(isinstance(q, str) for q in queries)
         ):
             texts = [queries] if isinstance(queries, str) else list(queries)
             emb = self._query_embedder()
             prompt = (self.model or {}).get("query_prompt_name")
+            t0 = time.perf_counter()
             q = emb.encode(texts, dim=emb.embedding_dim, prompt_name=prompt)
-            return np.asarray(q, np.float32).reshape(len(texts), -1)
+            seconds = time.perf_counter() - t0
+            return np.asarray(q, np.float32).reshape(len(texts), -1), seconds
         if isinstance(queries, (list, tuple)) and not queries:
             raise InputError("no queries given")
         q = _as_vectors(queries, "query embeddings")
         if q.shape[1] != self.dim:
             raise DimError(f"query embeddings have dim {q.shape[1]}, this index holds dim {self.dim}")
-        return q
+        return q, None
+
+    def _pick_tier(self, dim: int | None, precision: str | None) -> tuple[int, str]:
+        """The tier spec ``search`` uses for these arguments (see :meth:`search`)."""
+        default = self._tier_specs[0]
+        if dim is None and precision is None:
+            return default
+        if precision is not None and precision not in _scan.SHORTLIST_PRECISIONS:
+            raise ValueError(
+                f"shortlist_precision must be one of {_scan.SHORTLIST_PRECISIONS}, got {precision!r}"
+            )
+        if dim is not None and precision is not None:
+            matches = [(dim, precision)] if (dim, precision) in self._tier_specs else []
+            want = f"{dim}-d {precision}"
+        elif dim is not None:
+            matches = [s for s in self._tier_specs if s[0] == dim]
+            if len(matches) > 1:
+                matches = [s for s in matches if s[1] == default[1]] or matches
+            want = f"{dim}-d"
+        else:
+            matches = [s for s in self._tier_specs if s[1] == precision]
+            if len(matches) > 1:
+                matches = [s for s in matches if s[0] == default[0]] or matches
+            want = str(precision)
+        if len(matches) == 1:
+            return matches[0]
+        listing = f"its tiers: {self._describe_tiers()}"
+        if matches:
+            choices = " or ".join(f"shortlist_dim={d}, shortlist_precision={p!r}" for d, p in matches)
+            raise DimError(
+                f"this index has {len(matches)} {want} shortlist tiers ({listing}): pass {choices}"
+            )
+        if len(self._tier_specs) == 1 and dim is not None and dim != default[0]:
+            head = f"this index's shortlist tier holds {default[0]} dims, not {dim}"
+        else:
+            head = f"this index has no {want} shortlist tier"
+        raise DimError(
+            f"{head} ({listing}); add one with index.add_tier({dim if dim is not None else 'dim'}, "
+            f"{precision or default[1]!r})"
+        )
 
     def search(
         self,
@@ -456,6 +572,7 @@ class Index:
         *,
         oversample: int | None = None,
         shortlist_dim: int | None = None,
+        shortlist_precision: str | None = None,
         rerank_dim: int | None = None,
         exact: bool = False,
     ) -> SearchResult:
@@ -466,23 +583,27 @@ class Index:
                 prompt), or query embeddings float ``[n, dim]`` / ``[dim]``.
             k: results per query (``k`` > ``len(index)`` returns every row).
             oversample: shortlist ``oversample * k`` candidates to rerank (default: the index's).
-            shortlist_dim: must be the index's (a tier is built for one prefix; given for clarity).
+            shortlist_dim, shortlist_precision: the shortlist tier to scan (:attr:`tiers`; more
+                are added with :meth:`add_tier`). Neither: the default tier. Only a dim: the tier
+                of that dim (of several, the one at the default tier's precision); only a
+                precision: likewise, preferring the default tier's dim. Checked with ``exact``
+                too, though the exact search does not use a tier.
             rerank_dim: rerank on a prefix of the rerank tier (default: all of it).
             exact: brute force over the rerank tier, no shortlist (the reference).
 
         Raises:
             InputError: empty index, no queries, NaN queries, text queries without a model.
-            DimError: query dim, ``shortlist_dim`` or ``rerank_dim`` the index cannot serve.
+            DimError: query dim, ``rerank_dim`` or a shortlist tier the index cannot serve (the
+                message lists the index's tiers).
+            ValueError: ``shortlist_precision`` not one of float16, int8, ubinary.
+
+        The result's ``stats`` say what each stage did and how long it took (:class:`SearchResult`).
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive int, got {k!r}")
         if len(self) == 0:
             raise InputError("the index is empty: add rows before searching")
-        if shortlist_dim is not None and shortlist_dim != self.shortlist_dim:
-            raise DimError(
-                f"this index's shortlist tier holds {self.shortlist_dim} dims, not {shortlist_dim}; "
-                f"build it with shortlist_dim={shortlist_dim}"
-            )
+        spec = self._pick_tier(shortlist_dim, shortlist_precision)
         rdim = self.rerank_dim if rerank_dim is None else rerank_dim
         if not 1 <= rdim <= self.rerank_dim:
             raise DimError(
@@ -491,28 +612,50 @@ class Index:
         over = self.oversample if oversample is None else oversample
         if over < 1:
             raise InputError(f"oversample must be >= 1, got {over}")
-        q = self._queries(queries)
+        q, embed_seconds = self._queries(queries)
         k = min(int(k), len(self))
+        n = len(self)
+        stats: dict[str, Any] = {"queries": len(q)}
+        if embed_seconds is not None:
+            stats["embed_seconds"] = embed_seconds
+        rerank = {"dim": rdim, "precision": self.rerank_precision}
         if exact:
+            t0 = time.perf_counter()
             scores, rows = _scan.exact(self._store, q, k, rdim)
+            stats["exact"] = rerank | {"rows": n, "kept": k, "seconds": time.perf_counter() - t0}
         else:
-            assert self._tier is not None
-            kk = min(len(self), k * over)
-            _, cand = _scan.shortlist(self._tier, q, kk, self.threads)
+            kk = min(n, k * over)
+            t0 = time.perf_counter()
+            _, cand = _scan.shortlist(self._tiers[spec], q, kk, self.threads)
+            t1 = time.perf_counter()
             scores, rows = _scan.rerank(self._store, q, cand, k, rdim)
-        return SearchResult([[self._ids[r] for r in row] for row in rows.tolist()], scores, rows)
+            t2 = time.perf_counter()
+            stats["shortlist"] = {
+                "dim": spec[0],
+                "precision": spec[1],
+                "rows": n,
+                "candidates": kk,
+                "seconds": t1 - t0,
+            }
+            stats["rerank"] = rerank | {"rows": kk, "kept": k, "seconds": t2 - t1}
+        ids = [[self._ids[r] for r in row] for row in rows.tolist()]
+        return SearchResult(ids, scores, rows, stats)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write the index to directory ``path`` atomically (see ``mrl_infer.search._store``)."""
         tiers = []
         arrays: dict[str, np.ndarray] = {}
-        if self._tier is not None:
-            base = f"shortlist_{self._tier.dim}_{self._tier.precision}"
-            arrays[f"{base}.npy"] = self._tier.data
-            entry = {"dim": self._tier.dim, "precision": self._tier.precision, "file": f"{base}.npy"}
-            if self._tier.scale is not None:
-                arrays[f"{base}.scale.npy"] = self._tier.scale
+        # the default tier goes last: a reader from before add_tier keeps the last entry it reads
+        for spec in [*self._tier_specs[1:], self._tier_specs[0]]:
+            tier = self._tiers.get(spec)
+            if tier is None:  # an empty index: an empty tier (load rebuilds it with the first rows)
+                tier = _scan.make_tier(np.empty((0, self.dim), np.float32), *spec)
+            base = f"shortlist_{tier.dim}_{tier.precision}"
+            arrays[f"{base}.npy"] = tier.data
+            entry = {"dim": tier.dim, "precision": tier.precision, "file": f"{base}.npy"}
+            if tier.scale is not None:
+                arrays[f"{base}.scale.npy"] = tier.scale
                 entry["scale_file"] = f"{base}.scale.npy"
             tiers.append(entry)
         int_ids = all(isinstance(i, int) for i in self._ids)
@@ -571,13 +714,28 @@ class Index:
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"{path / _store.MANIFEST}: invalid field ({exc})") from None
         count = m["count"]
-        for entry in m["shortlist"]:
-            width = entry["dim"] // 8 if entry["precision"] == "ubinary" else entry["dim"]
-            data = _store.load_array(path / entry["file"], mmap=False, rows=count, width=width)
-            scale = None
-            if "scale_file" in entry:
-                scale = _store.load_array(path / entry["scale_file"], mmap=False, rows=entry["dim"])
-            index._tier = _scan.Tier(entry["dim"], entry["precision"], data, scale)
+        default = index._tier_specs[0]
+        seen: set[tuple[int, str]] = set()
+        try:
+            for entry in m["shortlist"]:
+                spec = (entry["dim"], entry["precision"])
+                if spec in seen:
+                    raise ValueError(f"shortlist tier {spec} is listed twice")
+                seen.add(spec)
+                if spec != default:
+                    index.add_tier(*spec)  # checks dim and precision; the index has no rows yet
+                if not count:
+                    continue  # an empty tier: built with the first rows, as in a new index
+                width = spec[0] // 8 if spec[1] == "ubinary" else spec[0]
+                data = _store.load_array(path / entry["file"], mmap=False, rows=count, width=width)
+                scale = None
+                if "scale_file" in entry:
+                    scale = _store.load_array(path / entry["scale_file"], mmap=False, rows=spec[0])
+                index._tiers[spec] = _scan.Tier(spec[0], spec[1], data, scale)
+            if count and default not in seen:
+                raise ValueError(f"the default tier {default} (shortlist_config) has no entry")
+        except (KeyError, TypeError, ValueError, DimError) as exc:
+            raise IndexFormatError(f"{path / _store.MANIFEST}: invalid 'shortlist' ({exc})") from None
         rerank = _store.load_array(path / "rerank.npy", mmap=mmap, rows=count, width=index.rerank_dim)
         index._store.segments = [rerank]
         ids = _store.load_ids(path, count)

@@ -9,6 +9,13 @@ Layout (format version 1)::
     DIR/ids.npy | DIR/ids.json           int64 ids, or string ids
     DIR/fields.jsonl + fields.offsets.npy  stored fields, one JSON object per row (optional)
 
+``"shortlist"`` lists every shortlist tier (``Index.add_tier``), ``{"dim", "precision", "file"}``
+(+ ``"scale_file"`` for int8); ``"shortlist_config"`` names the default tier. Several tiers came
+after format version 1 was fixed and stay version 1, both ways compatible: an index with one tier
+is written as before, and the default tier is written *last*, so a reader that predates several
+tiers (it keeps the last entry it reads) searches the default tier and ignores the others. An empty
+index writes 0-row tier files; on load their tiers are rebuilt with the first rows added.
+
 A build goes to a hidden sibling directory that is renamed onto ``DIR`` only once every file is
 written and synced, so ``DIR`` is either absent, the old index, or the complete new one. The
 manifest records every file's size: a truncated file is named on load, before it is used.
