@@ -11,11 +11,9 @@ Environment: ``MRL_INFER_VERIFY=0`` turns the check off; ``MRL_INFER_CACHE_DIR``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +46,8 @@ def cache_dir() -> Path:
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib  # here, not at the top: a cached load never hashes (OpenSSL's import is ~4 ms)
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_BLOCK):
@@ -75,6 +75,8 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 def _remember(key: str, entry: dict[str, Any]) -> None:
     """Add one entry to the cache, written atomically (temp file + rename); failures are only logged."""
+    import tempfile  # only when a file was hashed: off the usual (cached) load's import path
+
     directory = cache_dir()
     target = directory / CACHE_FILE
     try:
