@@ -28,6 +28,7 @@ from mrl_infer.errors import NonFiniteEmbeddingError, OverloadedError
 from mrl_infer.server._backend import Backend, EmbedderBackend, Tokenized
 from mrl_infer.server._batcher import Batcher
 from mrl_infer.server._config import ServerConfig
+from mrl_infer.server._demo import demo_routes
 from mrl_infer.server._errors import (
     AuthError,
     ModelNotFound,
@@ -159,6 +160,7 @@ class RequestLogMiddleware:
 
 _KNOWN_PATHS = frozenset(
     {"/v1/embeddings", "/embeddings", "/v1/models", "/health", "/metrics", "/v1/search", "/v1/index", "/"}
+    | {"/demo/config.json", "/demo/corpus.json"}
 )
 
 
@@ -275,7 +277,7 @@ def _check_finite(vectors: Any) -> None:
         )
 
 
-def _routes(state: AppState) -> list[Route]:
+def _routes(state: AppState, demo_corpus: bool) -> list[Route]:
     async def models(request: Request) -> Response:
         return JSONResponse(
             {
@@ -309,10 +311,17 @@ def _routes(state: AppState) -> list[Route]:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *search_routes(state),
+        *demo_routes(state, demo_corpus),
     ]
 
 
-def create_app(embedder: EmbedderSource, config: ServerConfig | None = None, index: Any = None) -> Starlette:
+def create_app(
+    embedder: EmbedderSource,
+    config: ServerConfig | None = None,
+    index: Any = None,
+    *,
+    demo_corpus: bool = False,
+) -> Starlette:
     """The OpenAI-compatible embeddings app.
 
     Args:
@@ -320,6 +329,8 @@ def create_app(embedder: EmbedderSource, config: ServerConfig | None = None, ind
             start-up, so ``/health`` answers 503 meanwhile), or any ``Backend`` (tests).
         config: server settings (default ``ServerConfig()``).
         index: an :class:`~mrl_infer.Index` served at ``/v1/search`` (404 there when None).
+        demo_corpus: ``index`` holds the demo's bundled corpus (``mrl-embed demo``), so the demo
+            page at ``/`` runs its funnel mode through ``/v1/search``.
 
     Returns:
         A Starlette app; its lifespan starts the batcher and the model's warm-up, and on shutdown
@@ -351,7 +362,7 @@ def create_app(embedder: EmbedderSource, config: ServerConfig | None = None, ind
                     emb.close()
 
     app = Starlette(
-        routes=_routes(state),
+        routes=_routes(state, demo_corpus),
         middleware=[
             Middleware(RequestLogMiddleware, metrics=state.metrics),
             Middleware(ApiKeyMiddleware, api_key=config.api_key),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 from typing import Any
@@ -21,16 +22,26 @@ def _positive(value: str) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    """Register the server's commands (``serve``) on the ``mrl-embed`` subparsers."""
+    """Register the server's commands (``serve``, ``demo``) on the ``mrl-embed`` subparsers."""
+    from mrl_infer.server import _demo
+
     p = sub.add_parser(
         "serve",
         help="serve an OpenAI-compatible /v1/embeddings API (needs the [server] extra)",
         description=(
             "An OpenAI-compatible embeddings server: POST /v1/embeddings (Matryoshka 'dimensions', float "
-            "or base64), GET /v1/models, /health, /metrics. Requests are batched across clients under a "
-            "token budget. See docs/server.md."
+            "or base64), GET /v1/models, /health, /metrics, and the demo page at /. Requests are batched "
+            "across clients under a token budget. See docs/server.md."
         ),
     )
+    _add_server_flags(p)
+    p.add_argument("--index", metavar="DIR", help="serve POST /v1/search over this index (mrl-embed index)")
+    p.set_defaults(handler=run_serve)
+    _demo.add_parser(sub, _add_server_flags)
+
+
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    """The flags ``serve`` and ``demo`` share: model, address, limits and batching."""
     p.add_argument("--model", help="model directory or Hub id (default: the embedded default model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
@@ -40,7 +51,6 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--max-seq-length", type=_positive, help="truncate inputs to fewer tokens than the model's"
     )
-    p.add_argument("--index", metavar="DIR", help="serve POST /v1/search over this index (mrl-embed index)")
     p.add_argument("--served-model-name", help="the model name /v1/models lists (default: the model's name)")
     p.add_argument(
         "--strict-model-name",
@@ -76,7 +86,6 @@ def add_parsers(sub: Any) -> None:
         help=f"queued inputs before 429 (default {b.max_queue})",
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    p.set_defaults(handler=run_serve)
 
 
 def configs_from_args(args: argparse.Namespace, on_gpu: bool) -> ServerConfig:
@@ -113,6 +122,15 @@ def _graceful_server_class() -> type:
     from uvicorn.server import HANDLED_SIGNALS
 
     class GracefulServer(uvicorn.Server):
+        announce: str | None = None  # printed with the URL once the socket listens
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.announce and self.servers and not self.should_exit:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                host = f"[{host}]" if ":" in host else host
+                print(f"{self.announce}: open http://{host}:{port}/", flush=True)
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             if threading.current_thread() is not threading.main_thread():
@@ -128,17 +146,52 @@ def _graceful_server_class() -> type:
     return GracefulServer
 
 
+def load_embedder(args: argparse.Namespace) -> Any:
+    """The Embedder that ``args`` name (model, device, variant, threads, max length)."""
+    from mrl_infer import Embedder
+
+    return Embedder(
+        args.model,
+        device=args.device,
+        variant=args.variant,
+        threads=args.threads,
+        max_seq_length=args.max_seq_length,
+    )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Load the model in the background, serve until SIGTERM/SIGINT (in-flight requests finish), return 0."""
+    index = None
+    require_server_extra(args.command)
+    if args.index:
+        from mrl_infer.search import Index
+
+        index = Index.load(args.index)  # a bad index fails here, before the port opens
+    return serve_app(args, functools.partial(load_embedder, args), index=index)
+
+
+def require_server_extra(command: str) -> None:
+    """MrlInferError naming the ``[server]`` extra when one of its packages is missing."""
     from mrl_infer.server import require_extra
 
     try:
         require_extra()
     except ImportError as exc:
-        raise MrlInferError(f"mrl-embed serve: {exc}") from exc
+        raise MrlInferError(f"mrl-embed {command}: {exc}") from exc
+
+
+def serve_app(
+    args: argparse.Namespace,
+    source: Any,
+    *,
+    index: Any = None,
+    demo_corpus: bool = False,
+    announce: bool = False,
+) -> int:
+    """Build the app over ``source`` (an Embedder, or a loader run in the background) and serve it."""
+    require_server_extra(args.command)
     import uvicorn
 
-    from mrl_infer import Embedder
     from mrl_infer._session import cuda_available
     from mrl_infer.server._app import create_app
 
@@ -147,26 +200,10 @@ def run_serve(args: argparse.Namespace) -> int:
         config = configs_from_args(args, on_gpu)
     except ValueError as exc:
         raise MrlInferError(str(exc)) from exc
-
-    def load() -> Embedder:
-        return Embedder(
-            args.model,
-            device=args.device,
-            variant=args.variant,
-            threads=args.threads,
-            max_seq_length=args.max_seq_length,
-        )
-
-    _GracefulServer = _graceful_server_class()
     level = getattr(logging, args.log_level.upper())
     logging.getLogger("mrl_infer.server").setLevel(level)
-    index = None
-    if args.index:
-        from mrl_infer.search import Index
-
-        index = Index.load(args.index)  # a bad index fails here, before the port opens
-    app = create_app(load, config, index=index)
-    server = _GracefulServer(
+    app = create_app(source, config, index=index, demo_corpus=demo_corpus)
+    server = _graceful_server_class()(
         uvicorn.Config(
             app,
             host=config.host,
@@ -177,5 +214,6 @@ def run_serve(args: argparse.Namespace) -> int:
             lifespan="on",
         )
     )
+    server.announce = f"mrl-embed {args.command}" if announce else None
     server.run()
     return 0
