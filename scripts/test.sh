@@ -25,6 +25,15 @@ print(next(r for r in d["project"]["optional-dependencies"]["cuda"] if r.startsw
     python -m pip install -q --no-deps "$ortgpu"
     export MRL_INFER_EXPECT_CUDA=1
 fi
+# The demo page's browser tests drive Debian's Chromium (a browser that a test tool downloads itself
+# does not install here). Installed when missing and apt-get can run (CI runs as root); elsewhere
+# tests/test_demo.py skips its browser tests, except under CI, where it fails instead.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y -q chromium chromium-driver >/dev/null \
+            || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }
+    fi
+fi
 all=0
 if [ "${1:-}" = "--all" ]; then all=1; shift; fi
 ruff check mrl_infer export tests benchmarks
