@@ -13,7 +13,7 @@ from types import TracebackType
 import numpy as np
 
 from mrl_infer._hub import HubModel, default_model_dir, is_local, local_model_dir
-from mrl_infer._integrity import verify_enabled, verify_file
+from mrl_infer._integrity import verify_enabled, verify_variant
 from mrl_infer._manifest import Manifest, load_manifest
 from mrl_infer._precision import (
     check_precision,
@@ -138,9 +138,9 @@ class Embedder:
     ``dim`` must be one of the model's Matryoshka dims (``allow_any_dim=True`` lifts that).
     A ``model`` that looks like a path (absolute, starting with ``.`` or ``~``, with more than one
     ``/``, or existing) is always a local directory; ``~`` is expanded.
-    ``verify`` (default: on unless ``MRL_INFER_VERIFY=0``) checks the ONNX file against the
-    manifest's sha256 before first use; a verified file is remembered by its stat signature, so later
-    loads skip the hash. Pass ``verify=False`` for a file edited on purpose.
+    ``verify`` (default: on unless ``MRL_INFER_VERIFY=0``) checks the ONNX file (and its external-data
+    files) against the manifest's sha256 before first use; a verified file is remembered by its stat
+    signature, so later loads skip the hash. Pass ``verify=False`` for a file edited on purpose.
     ``encode`` takes one str (one text, returns ``[dim]``) or a sequence of str; ``encode_iter`` takes
     an iterable of str and refuses a bare str. A NaN/inf embedding is never returned: it raises
     NonFiniteEmbeddingError naming the inputs.
@@ -209,7 +209,7 @@ class Embedder:
         self._tokenizer = TextTokenizer(model_dir, manifest.tokenizer, self.max_seq_length)
         path = model_dir / manifest.variants[variant_name].file
         if verify_enabled(verify):
-            verify_file(path, manifest.variants[variant_name].sha256)
+            verify_variant(model_dir, manifest.variants[variant_name])
         try:
             self._session = OnnxSession(path, kind, device_id, threads)
         except DeviceError:

@@ -1,9 +1,14 @@
-"""sha256 check of a model's ONNX file against its manifest, kept off the cold-start path.
+"""sha256 check of a model's ONNX file (and external-data files) against its manifest, kept off the
+cold-start path.
 
 A file is hashed in full once; its stat signature (real path, size, mtime_ns, ctime_ns, inode,
 device) and hash are then remembered in a small JSON cache in the user cache dir, and a later load
 whose stat signature matches skips the hash. A changed file (rewritten, touched, replaced) no longer
 matches and is hashed again. An unwritable cache only means hashing on every load.
+
+An external-data model's weights live outside the .onnx file: each of its ``external_data`` files is
+checked the same way against ``external_data_sha256`` in the manifest (a file without one there is
+not verified; the debug log says so).
 
 Environment: ``MRL_INFER_VERIFY=0`` turns the check off; ``MRL_INFER_CACHE_DIR`` moves the cache
 (default ``$XDG_CACHE_HOME/mrl_infer`` or ``~/.cache/mrl_infer``).
@@ -17,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mrl_infer._manifest import Variant
 from mrl_infer.errors import ModelFormatError
 
 logger = logging.getLogger("mrl_infer")
@@ -132,3 +138,14 @@ def verify_file(path: Path, expected: str | None) -> None:
     except OSError:
         return
     _remember(real, {**signature, "sha256": actual})
+
+
+def verify_variant(model_dir: Path, variant: Variant) -> None:
+    """Verify a variant's ONNX file and each external-data file that has a sha256 in the manifest."""
+    verify_file(model_dir / variant.file, variant.sha256)
+    for name in variant.external_data:
+        digest = variant.external_data_sha256.get(name)
+        if digest:
+            verify_file(model_dir / name, digest)
+        else:
+            logger.debug("mrl_infer: %s has no sha256 in the manifest; not verified", model_dir / name)

@@ -46,6 +46,9 @@ class Variant:
     parity: dict[str, Any] = field(default_factory=dict)
     notes: str | None = None
     external_data: list[str] = field(default_factory=list)
+    # sha256 of each external-data file (name -> hex): the graph's ``sha256`` covers only the .onnx
+    # file, so without these the weights of an external-data model are not verified.
+    external_data_sha256: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +76,9 @@ class Manifest:
         data = asdict(self)
         extra = data.pop("extra")
         data.update(extra)
+        for v in data["variants"].values():
+            if not v["external_data_sha256"]:
+                del v["external_data_sha256"]  # optional: absent rather than empty
         return data
 
     @property
@@ -117,6 +123,19 @@ def parse_manifest(data: dict[str, Any], path: Path) -> Manifest:
         target = v.get("target", "cuda" if precision == "fp16" else "cpu")
         if target not in TARGETS:
             raise ModelFormatError(f"{path}: variants.{name}.target is '{target}', expected one of {TARGETS}")
+        external = list(v.get("external_data") or [])
+        digests = v.get("external_data_sha256") or {}
+        if not isinstance(digests, dict) or not all(
+            isinstance(k, str) and isinstance(h, str) for k, h in digests.items()
+        ):
+            raise ModelFormatError(
+                f"{path}: variants.{name}.external_data_sha256 must map file names to sha256"
+            )
+        unlisted = sorted(set(digests) - set(external))
+        if unlisted:
+            raise ModelFormatError(
+                f"{path}: variants.{name}.external_data_sha256 names {unlisted}, not in its external_data"
+            )
         variants[name] = Variant(
             file=v["file"],
             precision=precision,
@@ -124,7 +143,8 @@ def parse_manifest(data: dict[str, Any], path: Path) -> Manifest:
             sha256=v.get("sha256"),
             parity=dict(v.get("parity") or {}),
             notes=v.get("notes"),
-            external_data=list(v.get("external_data") or []),
+            external_data=external,
+            external_data_sha256=dict(digests),
         )
     dims = data.get("matryoshka_dims")
     if dims is not None:

@@ -4,10 +4,12 @@ benchmark harness (benchmarks/cold_start.py). No timed asserts: the figures live
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import mrl_infer
@@ -113,3 +115,95 @@ def test_cold_start_harness_smoke(tmp_path: Path) -> None:
     assert result["help_seconds"]["this tree"]["median"] > 0
     assert result["machine"]["cpu"] and isinstance(result["machine"]["isa"], list)
     assert result["loadavg_before"] and result["loadavg_after"]
+
+
+# ---------------------------------------------------------------- external data keeps the hash check
+# Weights as external data (memory-mapped by onnxruntime) cut session creation by more than half
+# (docs/benchmarks.md); the manifest's ``sha256`` then covers only the small .onnx file, so the data
+# files carry their own ``external_data_sha256``.
+@pytest.fixture(scope="module")
+def external_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    onnx = pytest.importorskip("onnx")
+    from mrl_infer._hub import DEFAULT_MODEL_DIR
+    from mrl_infer._integrity import sha256_file
+
+    d = tmp_path_factory.mktemp("external") / "m"
+    d.mkdir()
+    for f in DEFAULT_MODEL_DIR.iterdir():
+        if f.suffix != ".onnx":
+            shutil.copy(f, d / f.name)
+    model = onnx.load(str(DEFAULT_MODEL_DIR / "model_int8.onnx"))
+    onnx.save_model(
+        model, str(d / "model_int8.onnx"), save_as_external_data=True, location="model_int8.onnx.data"
+    )
+    man = json.loads((d / "mrl_infer.json").read_text())
+    man["variants"]["int8"].update(
+        sha256=sha256_file(d / "model_int8.onnx"),
+        external_data=["model_int8.onnx.data"],
+        external_data_sha256={"model_int8.onnx.data": sha256_file(d / "model_int8.onnx.data")},
+    )
+    (d / "mrl_infer.json").write_text(json.dumps(man))
+    return d
+
+
+@pytest.fixture
+def counted_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from mrl_infer import _integrity
+
+    monkeypatch.setenv("MRL_INFER_CACHE_DIR", str(tmp_path / "verified"))
+    monkeypatch.delenv("MRL_INFER_VERIFY", raising=False)
+    calls: list[str] = []
+    real = _integrity.sha256_file
+
+    def counting(path: Path) -> str:
+        calls.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(_integrity, "sha256_file", counting)
+    return calls
+
+
+def test_external_data_verified_once_then_cached(external_dir: Path, counted_hashes: list[str]) -> None:
+    from mrl_infer import Embedder
+
+    v = Embedder(external_dir, dim=64).encode(["hello"])
+    assert counted_hashes == ["model_int8.onnx", "model_int8.onnx.data"]
+    np.testing.assert_allclose(v, Embedder(dim=64).encode(["hello"]), atol=1e-5)
+    counted_hashes.clear()
+    Embedder(external_dir, dim=64)
+    assert counted_hashes == []  # both files vouched for by their cached stat signatures
+
+
+def test_damaged_external_data_refused_before_any_session(
+    external_dir: Path, tmp_path: Path, counted_hashes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mrl_infer import Embedder, ModelFormatError
+    from mrl_infer import _embedder as embedder_mod
+
+    d = tmp_path / "damaged"
+    shutil.copytree(external_dir, d)
+    data = d / "model_int8.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 4096] = bytes(4096)
+    data.write_bytes(bytes(raw))
+    opened: list[object] = []
+    monkeypatch.setattr(embedder_mod, "OnnxSession", lambda *a: opened.append(a))
+    with pytest.raises(ModelFormatError, match=r"model_int8\.onnx\.data: sha256 mismatch"):
+        Embedder(d)
+    assert opened == []
+
+
+def test_external_data_sha256_must_name_listed_files(tmp_path: Path) -> None:
+    from mrl_infer import ModelFormatError
+    from mrl_infer._hub import DEFAULT_MODEL_DIR
+    from mrl_infer._manifest import load_manifest, parse_manifest
+
+    data = json.loads((DEFAULT_MODEL_DIR / "mrl_infer.json").read_text())
+    data["variants"]["int8"]["external_data_sha256"] = {"other.data": "ab"}
+    with pytest.raises(ModelFormatError, match=r"external_data_sha256 names \['other.data'\]"):
+        parse_manifest(data, tmp_path / "mrl_infer.json")
+    data["variants"]["int8"]["external_data_sha256"] = ["ab"]
+    with pytest.raises(ModelFormatError, match="must map file names"):
+        parse_manifest(data, tmp_path / "mrl_infer.json")
+    # an optional field: absent from a manifest that has none, as before
+    assert "external_data_sha256" not in load_manifest(DEFAULT_MODEL_DIR).to_dict()["variants"]["int8"]
