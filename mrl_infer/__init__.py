@@ -50,7 +50,13 @@ _LAZY: dict[str, str] = {
 }
 
 
+# subpackages that ``import mrl_infer`` used to import eagerly: ``mrl_infer.search`` keeps working
+_SUBPACKAGES = ("search",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"mrl_infer.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'mrl_infer' has no attribute {name!r}")

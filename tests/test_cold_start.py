@@ -94,6 +94,7 @@ def test_lazy_public_api() -> None:
     for name in mrl_infer.__all__:
         assert getattr(mrl_infer, name) is not None, name
         assert name in dir(mrl_infer)
+    assert _loaded_after("import mrl_infer\nassert mrl_infer.search.Index is mrl_infer.Index") == ["numpy"]
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         mrl_infer.nope  # noqa: B018
     namespace: dict[str, object] = {}
