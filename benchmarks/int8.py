@@ -5,6 +5,20 @@
 Each option (export/_int8_options.py) quantizes our fp32 ``model.onnx``; each resulting model dir is
 measured in its own process: sentences/s at batch 32 (median of 3 passes), STS-B Spearman x100 at
 dims 384/128/64, and min cosine against the fp32 graph. Writes ``<out>/int8.json`` and ``int8.md``.
+
+Per-row activation quantization (export/_rowquant.py), against onnxruntime's per-tensor one::
+
+    python -m benchmarks.int8 --rowquant quality [--model-dir DIR] [--st-dir ST_DIR] [--variants ...]
+    flock /tmp/mrl-cpu.lock python -m benchmarks.int8 --rowquant speed [--model-dir DIR] [--variants ...]
+
+``quality``: at every Matryoshka dim, min / mean cosine against PyTorch fp32 (sentence-transformers,
+when ``--st-dir`` is given) over the first 500 corpus texts, batch independence (min cosine between
+``encode(batch_size=1)`` and ``encode(batch_size=128)``) and STS-B dev Spearman x100. ``speed``:
+sentences/s at batch 32 over 1,000 corpus texts, all variants in one process, interleaved passes.
+A variant is ``BASE:ROWQ``: BASE ``own`` (the model dir's int8 file) or an option of
+export/_int8_options.py (quantized from the dir's fp32 ``model.onnx``); ROWQ ``pt`` (unchanged,
+per-tensor) or ``sym127``, ``sym63``, ``asym127``, ``asym63`` (the rewrite's mode and levels; ``-std``
+suffix on the 127 ones: standard ONNX ops only).
 """
 
 from __future__ import annotations
@@ -106,6 +120,157 @@ def measure(model_dir: Path, ours: Path, texts_file: Path, stsb: Path | None, pa
     return res
 
 
+#: ROWQ -> (mode, levels, fused); "-std": standard ONNX ops only (no QuantizeLinear/MatMulIntegerToFloat)
+ROWQ = {"pt": None, "sym127": ("sym", 127, True), "sym63": ("sym", 63, True), "asym127": ("asym", 127, True),
+        "asym63": ("asym", 63, True), "sym127-std": ("sym", 127, False),
+        "asym127-std": ("asym", 127, False)}  # fmt: skip
+ROWQ_DEFAULT_VARIANTS = "own:pt,own:sym127,own:asym127,own:sym63,own:asym63"
+
+
+def rowquant_dir(variant: str, model_dir: Path, root: Path) -> Path:
+    """A model dir like ``model_dir`` whose int8 file is ``variant`` (``BASE:ROWQ``, see the docstring)."""
+    from mrl_export._rowquant import rowquant_file
+
+    base, rq = variant.split(":")
+    src = model_dir / "model_int8.onnx"
+    if base != "own":
+        src = build(base, model_dir, root) / "model_int8.onnx"
+    if ROWQ[rq] is None and base == "own":
+        return model_dir
+    out = root / variant.replace(":", "_")
+    if (out / "mrl_infer.json").is_file():
+        return out
+    tmp = root / f".{out.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    manifest = json.loads((model_dir / "mrl_infer.json").read_text())
+    for f in manifest["tokenizer"]["files"]:
+        shutil.copy(model_dir / f, tmp / f)
+    if ROWQ[rq] is None:
+        shutil.copy(src, tmp / "model_int8.onnx")
+        note = f"{base}, per-tensor activations"
+    else:
+        mode, levels, fused = ROWQ[rq]
+        note = rowquant_file(src, tmp / "model_int8.onnx", mode=mode, levels=levels, fused=fused)
+    v = dict(manifest["variants"]["int8"], file="model_int8.onnx", sha256=None, notes=note)
+    v.pop("parity", None)
+    manifest["variants"] = {"int8": v}
+    (tmp / "mrl_infer.json").write_text(json.dumps(manifest, indent=1))
+    tmp.rename(out)
+    return out
+
+
+def _st_reference(st_dir: Path, texts: list[str], cache: Path) -> np.ndarray:
+    """PyTorch fp32 embeddings (sentence-transformers, CPU), cached by the texts' hash."""
+    import hashlib
+
+    key = hashlib.sha256(("\n".join(texts) + str(st_dir)).encode()).hexdigest()[:16]
+    path = cache / f"st-ref-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(st_dir), device="cpu")
+    ref = st.encode(texts, batch_size=32, convert_to_numpy=True, normalize_embeddings=False)
+    np.save(path, ref)
+    return np.asarray(ref)
+
+
+def _cos(a: np.ndarray, b: np.ndarray, dim: int) -> np.ndarray:
+    from mrl_infer._quality import truncate
+
+    return np.sum(truncate(a, dim) * truncate(b, dim), axis=1)
+
+
+def rowquant_quality(
+    variants: list[str], model_dir: Path, st_dir: Path | None, stsb: Path | None, work: Path, n: int
+) -> list[dict]:
+    from mrl_infer import Embedder
+    from mrl_infer._quality import load_sts, sts_spearman_by_dim
+
+    texts, _ = corpus_mod.load(None, n)
+    dims = json.loads((model_dir / "mrl_infer.json").read_text())["matryoshka_dims"]
+    ref = _st_reference(st_dir, texts, work) if st_dir else None
+    sts = load_sts(stsb) if stsb is not None and stsb.is_file() else None
+    rows = []
+    for variant in variants:
+        d = rowquant_dir(variant, model_dir, work)
+        t = time.perf_counter()
+        emb = Embedder(d, variant="int8", device="cpu")
+        e1 = emb.encode(texts, batch_size=1, normalize_embeddings=False)
+        e128 = emb.encode(texts, batch_size=128, normalize_embeddings=False)
+        note = json.loads((d / "mrl_infer.json").read_text())["variants"]["int8"]["notes"]
+        row: dict = {"variant": variant, "note": note,
+                     "size_mb": round((d / "model_int8.onnx").stat().st_size / 1e6, 1)}  # fmt: skip
+        for dim in dims:
+            r = row.setdefault(str(dim), {})
+            r["batch_indep_min"] = round(float(_cos(e1, e128, dim).min()), 5)
+            if ref is not None:
+                for name, e in (("bs128", e128), ("bs1", e1)):
+                    c = _cos(e, ref, dim)
+                    r[f"vs_torch_min_{name}"] = round(float(c.min()), 5)
+                    r[f"vs_torch_mean_{name}"] = round(float(c.mean()), 5)
+        if sts is not None:
+            scores = sts_spearman_by_dim(
+                lambda t, emb=emb: emb.encode(t, normalize_embeddings=False), sts, dims
+            )
+            for dim, v in scores.items():
+                row[str(dim)]["stsb"] = round(v, 2)
+        row["seconds"] = round(time.perf_counter() - t, 1)
+        row["load"] = round(os.getloadavg()[0], 2)
+        print(json.dumps(row), file=sys.stderr)
+        rows.append(row)
+    if ref is not None and sts is not None and st_dir is not None:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(st_dir), device="cpu")
+        scores = sts_spearman_by_dim(lambda t: st.encode(t, batch_size=32, convert_to_numpy=True), sts, dims)
+        rows.append({"variant": "torch-fp32", **{str(k): {"stsb": round(v, 2)} for k, v in scores.items()}})
+    return rows
+
+
+def rowquant_speed(variants: list[str], model_dir: Path, work: Path, n: int, passes: int) -> list[dict]:
+    """sentences/s at batch 32, every variant in this process, passes interleaved (A B C A B C ...)."""
+    from mrl_infer import Embedder
+
+    texts, _ = corpus_mod.load(None, n)
+    embs = {v: Embedder(rowquant_dir(v, model_dir, work), variant="int8", device="cpu") for v in variants}
+    for e in embs.values():
+        e.encode(texts[:128], batch_size=32)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    load0 = os.getloadavg()[0]
+    for _ in range(passes):
+        for v, e in embs.items():
+            t = time.perf_counter()
+            e.encode(texts, batch_size=32)
+            times[v].append(time.perf_counter() - t)
+    load1 = os.getloadavg()[0]
+    return [{"variant": v, "sent_s": round(n / statistics.median(ts), 1),
+             "sent_s_range": [round(n / max(ts), 1), round(n / min(ts), 1)], "passes": passes,
+             "threads": embs[v].threads if hasattr(embs[v], "threads") else None,
+             "load_before": round(load0, 2), "load_after": round(load1, 2)}
+            for v, ts in times.items()]  # fmt: skip
+
+
+def rowquant_main(a: argparse.Namespace) -> int:
+    model_dir = a.model_dir or models.ensure_ours(a.ours)
+    work = a.work / ("rowquant-" + model_dir.name)
+    work.mkdir(parents=True, exist_ok=True)
+    variants = a.variants.split(",")
+    if a.rowquant == "quality":
+        rows = rowquant_quality(variants, model_dir, a.st_dir, a.stsb, work, a.texts or 500)
+    else:
+        rows = rowquant_speed(variants, model_dir, work, a.texts or 1000, a.passes)
+    out = {"mode": a.rowquant, "model_dir": str(model_dir), "stsb": str(a.stsb),
+           "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "rows": rows}  # fmt: skip
+    a.out.mkdir(parents=True, exist_ok=True)
+    name = a.out / f"int8_rowquant_{a.rowquant}_{model_dir.name}.json"
+    name.write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from mrl_export._int8_options import OPTIONS, RECOMMENDED
 
@@ -118,7 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench-int8")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--measure", nargs=2, metavar=("MODEL_DIR", "TEXTS_FILE"), help=argparse.SUPPRESS)
+    p.add_argument("--rowquant", choices=("quality", "speed"), help="per-row vs per-tensor activations")
+    p.add_argument("--model-dir", type=Path, help="--rowquant: the model dir (default: --ours)")
+    p.add_argument("--st-dir", type=Path, help="--rowquant quality: sentence-transformers reference dir")
+    p.add_argument("--variants", default=ROWQ_DEFAULT_VARIANTS, help="--rowquant: BASE:ROWQ,...")
     a = p.parse_args(argv)
+    if a.rowquant:
+        if a.texts == 2000:  # the option comparison's default; --rowquant picks 500 / 1,000
+            a.texts = 0
+        return rowquant_main(a)
     ours = models.ensure_ours(a.ours)
     if a.measure:
         print(json.dumps(measure(Path(a.measure[0]), ours, Path(a.measure[1]), a.stsb, a.passes)))

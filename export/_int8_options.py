@@ -21,6 +21,17 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "dyn_u8s8_pt_rr": {"kind": "dynamic", "weight": "QInt8", "per_channel": False, "reduce_range": True},
     "dyn_u8u8_pc": {"kind": "dynamic", "weight": "QUInt8", "per_channel": True, "reduce_range": False},
     "dyn_u8u8_pt": {"kind": "dynamic", "weight": "QUInt8", "per_channel": False, "reduce_range": False},
+    # per-row (per-token) activations, a graph edit of the dynamic graph (export/_rowquant.py)
+    "dyn_u8s8_pc_rr_rowasym": {"kind": "dynamic", "weight": "QInt8", "per_channel": True,
+                               "reduce_range": True, "rowquant": ("asym", 127)},
+    "dyn_u8s8_pc_rr_rowsym": {"kind": "dynamic", "weight": "QInt8", "per_channel": True,
+                              "reduce_range": True, "rowquant": ("sym", 127)},
+    # full-range weights with 8-bit raw activations can saturate VPMADDUBSW: VNNI CPUs only
+    "dyn_u8s8_pc_rowasym_vnni": {"kind": "dynamic", "weight": "QInt8", "per_channel": True,
+                                 "reduce_range": False, "rowquant": ("asym", 127)},
+    # 7-bit raw activations (<= 127): safe on AVX2 with full-range weights
+    "dyn_u8s8_pc_rowasym7": {"kind": "dynamic", "weight": "QInt8", "per_channel": True,
+                             "reduce_range": False, "rowquant": ("asym", 63)},
     "static_qdq_minmax": {
         "kind": "static", "weight": "QInt8", "activation": "QUInt8", "per_channel": True,
         "reduce_range": True, "method": "MinMax",
@@ -56,17 +67,27 @@ def quantize_option(
 
     o = OPTIONS[option]
     if o["kind"] == "dynamic":
+        row = o.get("rowquant")
+        tmp = dst.with_name(dst.stem + ".per-tensor" + dst.suffix) if row else dst
         dynamic_int8(
             src,
-            dst,
+            tmp,
             per_channel=o["per_channel"],
             reduce_range=o["reduce_range"],
             weight_type=getattr(QuantType, o["weight"]),
         )
-        return (
+        note = (
             f"{option}: dynamic, weights {o['weight']}, per_channel={o['per_channel']}, "
             f"reduce_range={o['reduce_range']}"
         )
+        if row:
+            from ._rowquant import rowquant_file
+
+            try:
+                note += "; " + rowquant_file(tmp, dst, mode=row[0], levels=row[1])
+            finally:
+                tmp.unlink(missing_ok=True)
+        return note
     if not calibration:
         raise ValueError(f"{option} is static: pass calibration feeds")
 

@@ -8,7 +8,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import onnx
 import torch
@@ -242,22 +242,69 @@ def dynamic_int8(
     )
 
 
-def quantize_int8(src: Path, dst: Path, target: str, external: bool = False) -> str:
-    """Dynamic int8 quantization of MatMul/Attention/Gemm weights of ``src`` into ``dst``; returns a note."""
+#: int8 activation quantization -> the per-row rewrite's (mode, levels) (export/_rowquant.py); "tensor" is
+#: onnxruntime's per-tensor DynamicQuantizeLinear, unchanged.
+INT8_ACTIVATIONS: dict[str, tuple[Literal["sym", "asym"], int] | None] = {
+    "tensor": None,
+    "row-sym": ("sym", 127),
+    "row-asym": ("asym", 127),
+    "row-asym7": ("asym", 63),
+}
+#: The default stays per-tensor, measured (benchmarks/results/int8_rowquant.md, all-MiniLM-L6-v2, Xeon
+#: 2 vCPU AVX-512 VNNI + AMX, batch 32 over 1,000 bench-corpus texts, onnxruntime 1.32): per-row "row-asym"
+#: is batch-independent (min cosine bs1 vs bs128 1.0000 against 0.961-0.980 per-tensor) and more faithful
+#: (min / mean cosine vs PyTorch fp32 over 500 texts, every dim: 0.9945-0.9969 / 0.9987 against
+#: 0.9736-0.9857 / 0.992 with full-range weights; 0.9878-0.9917 / 0.9977 against 0.9659-0.9736 / 0.991
+#: with reduce_range weights), STS-B dev unchanged within 0.15, but 35% slower (479-485 against 729-739
+#: sent/s; "row-sym": 555, 25% slower). Pick it with ``activations=`` or $MRL_EXPORT_INT8_ACTIVATIONS.
+DEFAULT_INT8_ACTIVATIONS = "tensor"
+
+
+def quantize_int8(
+    src: Path, dst: Path, target: str, external: bool = False, activations: str | None = None
+) -> str:
+    """Dynamic int8 quantization of MatMul/Attention/Gemm weights of ``src`` into ``dst``; returns a note.
+
+    ``activations`` (default ``$MRL_EXPORT_INT8_ACTIVATIONS`` or :data:`DEFAULT_INT8_ACTIVATIONS`): a key of
+    :data:`INT8_ACTIVATIONS`; the ``row-*`` ones rewrite the graph to quantize activations per row (token),
+    so a text's embedding no longer depends on its batch-mates (export/_rowquant.py). ``row-sym`` and
+    ``row-asym`` use raw u8 activation values up to 255: safe from VPMADDUBSW saturation on AVX2 only with
+    the 7-bit weights of ``reduce_range`` (targets avx2 / avx512); ``row-asym7`` keeps them ≤ 127 and is
+    safe with any weights.
+    """
+    import os
+
+    act = activations or os.environ.get("MRL_EXPORT_INT8_ACTIVATIONS") or DEFAULT_INT8_ACTIVATIONS
+    if act not in INT8_ACTIVATIONS:
+        raise ValueError(f"unknown int8 activations {act!r}; expected one of {tuple(INT8_ACTIVATIONS)}")
     opts = quantize_options(target)
+    row = INT8_ACTIVATIONS[act]
+    tmp = dst.with_name(dst.stem + ".per-tensor" + dst.suffix) if row else dst
     with _quiet():
         dynamic_int8(
             src,
-            dst,
+            tmp,
             per_channel=opts["per_channel"],
             reduce_range=opts["reduce_range"],
             weight_type=opts["weight_type"],
             external=external,
         )
-    return (
+    note = (
         f"dynamic int8 ({opts['target']}): weights {opts['weight_type'].name} per-channel, "
         f"reduce_range={opts['reduce_range']}, activations QUInt8; MatMul/Attention/Gemm quantized"
     )
+    if row:
+        from ._rowquant import rowquant_file
+
+        try:
+            mode, levels = row
+            note += "; " + rowquant_file(tmp, dst, mode=mode, levels=levels, external=external)
+        finally:
+            extra = [tmp.parent / n for n in uses_external_data(tmp)] if tmp.exists() else []
+            for f in [tmp, *extra]:
+                if f != dst and f.name != dst.name + ".data":
+                    f.unlink(missing_ok=True)
+    return note
 
 
 def convert_fp16(src: Path, dst: Path, external: bool = False) -> str:

@@ -93,49 +93,66 @@ class _Builder:
         return self.op(op_type, [x], base, axes=[-1], keepdims=1)
 
 
-def _row_quantize(b: _Builder, x: str, mode: Mode, levels: int, tag: str) -> tuple[str, str, str | None]:
-    """Nodes quantizing ``x`` per row: (xq u8, scale_r float [..,1], zp_r float [..,1] or None for sym)."""
-    qmax = 2 * levels + 1
-    lo = b.const(f"{tag}_qmin", np.array(0.0, dtype=np.float32))
-    hi = b.const(f"{tag}_qmax", np.array(float(qmax), dtype=np.float32))
+def _row_quantize(
+    b: _Builder, x: str, mode: Mode, levels: int, tag: str, fused: bool
+) -> tuple[str, str, str | None]:
+    """Nodes quantizing ``x`` per row: (xq u8 shaped like x, scale_r float [..,1], zp_r float [..,1] or
+    None for sym). ``fused``: one QuantizeLinear (per-axis over x flattened to [rows, K]) instead of
+    Div, Round, Add, Clip and Cast."""
     eps = b.const(f"{tag}_eps", np.array(_EPS, dtype=np.float32))
+    rmax = b.reduce("ReduceMax", x, f"{tag}_max")
+    rmin = b.reduce("ReduceMin", x, f"{tag}_min")
+    zp: str | None = None
     if mode == "sym":
-        amax = b.reduce("ReduceMax", b.op("Abs", [x], f"{tag}_abs"), f"{tag}_absmax")
+        amax = b.op("Max", [rmax, b.op("Neg", [rmin], f"{tag}_negmin")], f"{tag}_absmax")
+        amax = b.op("Max", [amax, eps], f"{tag}_absmax_pos")
         scale = b.op(
-            "Div",
-            [
-                b.op("Max", [amax, eps], f"{tag}_absmax_pos"),
-                b.const(f"{tag}_levels", np.array(float(levels), dtype=np.float32)),
-            ],
-            f"{tag}_scale",
+            "Div", [amax, b.const(f"{tag}_levels", np.array(float(levels), np.float32))], f"{tag}_scale"
         )
-        zp_c = b.const(f"{tag}_zpf", np.array(float(levels + 1), dtype=np.float32))
-        shifted = b.op(
-            "Add",
-            [b.op("Round", [b.op("Div", [x, scale], f"{tag}_div")], f"{tag}_round"), zp_c],
-            f"{tag}_shift",
-        )
-        zp = None
     else:
         zero = b.const(f"{tag}_zero", np.array(0.0, dtype=np.float32))
-        xmax = b.op("Max", [b.reduce("ReduceMax", x, f"{tag}_max"), zero], f"{tag}_max0")
-        xmin = b.op("Min", [b.reduce("ReduceMin", x, f"{tag}_min"), zero], f"{tag}_min0")
+        xmax = b.op("Max", [rmax, zero], f"{tag}_max0")
+        xmin = b.op("Min", [rmin, zero], f"{tag}_min0")
         rng = b.op("Max", [b.op("Sub", [xmax, xmin], f"{tag}_range"), eps], f"{tag}_range_pos")
+        hi = b.const(f"{tag}_steps", np.array(float(2 * levels + 1), dtype=np.float32))
         scale = b.op("Div", [rng, hi], f"{tag}_scale")
         zp = b.op(
             "Round", [b.op("Div", [b.op("Neg", [xmin], f"{tag}_negmin"), scale], f"{tag}_zpdiv")], f"{tag}_zp"
         )
-        rounded = b.op("Round", [b.op("Div", [x, scale], f"{tag}_div")], f"{tag}_round")
-        shifted = b.op("Add", [rounded, zp], f"{tag}_shift")
-    clipped = b.op("Clip", [shifted, lo, hi], f"{tag}_clip")
+    if fused:
+        flat = b.const(f"{tag}_flat", np.array([-1], dtype=np.int64))
+        x2 = b.op("Flatten", [x], f"{tag}_x2d", axis=-1)
+        s1 = b.op("Reshape", [scale, flat], f"{tag}_scale1d")
+        if zp is None:  # the constant zero point, one per row
+            zp1 = b.op(
+                "Expand",
+                [b.const(f"{tag}_zpu8", np.array(levels + 1, np.uint8)), b.op("Shape", [s1], f"{tag}_rows")],
+                f"{tag}_zp1d",
+            )
+        else:
+            zp1 = b.op(
+                "Cast", [b.op("Reshape", [zp, flat], f"{tag}_zp1df")], f"{tag}_zp1d", to=TensorProto.UINT8
+            )
+        q2 = b.op("QuantizeLinear", [x2, s1, zp1], f"{tag}_q2d", axis=0)
+        xq = b.op("Reshape", [q2, b.op("Shape", [x], f"{tag}_shape")], f"{tag}_quantized")
+        return xq, scale, zp
+    lo = b.const(f"{tag}_qmin", np.array(0.0, dtype=np.float32))
+    hi255 = b.const(f"{tag}_qmax", np.array(255.0, dtype=np.float32))
+    zp_f = zp if zp is not None else b.const(f"{tag}_zpf", np.array(float(levels + 1), dtype=np.float32))
+    rounded = b.op("Round", [b.op("Div", [x, scale], f"{tag}_div")], f"{tag}_round")
+    clipped = b.op("Clip", [b.op("Add", [rounded, zp_f], f"{tag}_shift"), lo, hi255], f"{tag}_clip")
     xq = b.op("Cast", [clipped], f"{tag}_quantized", to=TensorProto.UINT8)
     return xq, scale, zp
 
 
 def rowquant_model(
-    model: onnx.ModelProto, mode: Mode = "sym", levels: int = 127
+    model: onnx.ModelProto, mode: Mode = "sym", levels: int = 127, fused: bool = True
 ) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Rewrite ``model`` in place; returns it and counts {"rewritten", "matmuls", "skipped"}."""
+    """Rewrite ``model`` in place; returns it and counts {"rewritten", "matmuls", "skipped"}.
+
+    ``fused`` (default): QuantizeLinear and onnxruntime's MatMulIntegerToFloat (com.microsoft) instead of
+    the element-wise chain and MatMulInteger -> Cast -> Mul; ``fused=False`` emits standard ONNX ops only.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if not 1 <= levels <= 127:
@@ -178,7 +195,9 @@ def rowquant_model(
                 break
             ws = sm.input[1] if sm.input[0] == xs else sm.input[0]
             if mode == "asym" and (
-                m.input[1] not in inits or (len(m.input) > 3 and m.input[3] not in ("", *inits))
+                m.input[1] not in inits
+                or ws not in inits
+                or (len(m.input) > 3 and m.input[3] not in ("", *inits))
             ):
                 break
             chains.append((m, cast, mul, sm, ws))
@@ -189,7 +208,7 @@ def rowquant_model(
                 and not ({xq, xs, xzp} & graph_outputs)
                 and all(id(n) in uses for o in (xq, xs, xzp) for n in consumers[o])
             ):
-                _rewrite(b, dq, chains, mode, levels, inits, after)
+                _rewrite(b, dq, chains, mode, levels, inits, after, drop, fused)
                 drop.update(id(n) for n in (dq, *(c[2] for c in chains), *(c[3] for c in chains)))
                 counts["rewritten"] += 1
                 counts["matmuls"] += len(chains)
@@ -204,6 +223,8 @@ def rowquant_model(
     del g.node[:]
     g.node.extend(_toposort(nodes, {i.name for i in g.input} | set(inits) | {i.name for i in b.inits}))
     g.initializer.extend(b.inits)
+    if fused and counts["rewritten"] and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model, counts
 
 
@@ -215,6 +236,8 @@ def _rewrite(
     levels: int,
     inits: dict[str, onnx.TensorProto],
     after: dict[int, list[onnx.NodeProto]],
+    drop: set[int],
+    fused: bool,
 ) -> None:
     """Emit the per-row quantization of ``dq``'s input and rewire each MatMulInteger -> Cast -> Mul chain.
 
@@ -225,25 +248,36 @@ def _rewrite(
     x = dq.input[0]
     tag = b.name(f"{x}_rowq")
     b.nodes = after[id(dq)]
-    q, scale, zp = _row_quantize(b, x, mode, levels, tag)
+    q, scale, zp = _row_quantize(b, x, mode, levels, tag, fused)
     zp_scalar = b.const(f"{tag}_zero_point", np.array(levels + 1 if mode == "sym" else 0, dtype=np.uint8))
+    one = b.const(f"{tag}_one", np.array(1.0, dtype=np.float32)) if fused else ""
     for m, cast, mul, _sm, ws in chains:
         m.input[0] = q
         m.input[2] = zp_scalar
         b.nodes = after[id(cast)]
-        acc = cast.output[0]
-        if mode == "asym":
+        if fused:  # MatMulInteger -> Cast -> Mul(·, w_scale) in one kernel, then the per-row scale
+            drop.update((id(m), id(cast)))
+            acc = b.name(f"{m.output[0]}_wscaled")
+            wzp = m.input[3] if len(m.input) > 3 else ""
+            b.nodes.append(
+                helper.make_node(
+                    "MatMulIntegerToFloat", [q, m.input[1], one, ws, zp_scalar, wzp], [acc],
+                    name=b.name(f"{m.name}_rowq"), domain="com.microsoft",
+                )
+            )  # fmt: skip
+        else:
+            acc = b.op("Mul", [cast.output[0], ws], f"{mul.output[0]}_wscaled")
+        if zp is not None:  # asym: remove zp_r * sum_k (W - Wzp) (times w_scale, already applied)
             w = numpy_helper.to_array(inits[m.input[1]]).astype(np.int64)
-            wzp = np.zeros((), np.int64)
+            wzp_v = np.zeros((), np.int64)
             if len(m.input) > 3 and m.input[3]:
-                wzp = numpy_helper.to_array(inits[m.input[3]]).astype(np.int64)
-            colsum = (w - wzp).sum(axis=-2).astype(np.float32)
-            assert zp is not None
+                wzp_v = numpy_helper.to_array(inits[m.input[3]]).astype(np.int64)
+            colsum = (w - wzp_v).sum(axis=-2).astype(np.float32)
+            colsum = colsum * numpy_helper.to_array(inits[ws]).astype(np.float32)
             corr = b.op("Mul", [zp, b.const(f"{tag}_colsum", colsum)], f"{acc}_zpcorr")
             acc = b.op("Sub", [acc, corr], f"{acc}_rowq")
-        wscaled = b.op("Mul", [acc, ws], f"{mul.output[0]}_wscaled")
         b.nodes.append(
-            helper.make_node("Mul", [wscaled, scale], [mul.output[0]], name=b.name(f"{mul.name}_rowq"))
+            helper.make_node("Mul", [acc, scale], [mul.output[0]], name=b.name(f"{mul.name}_rowq"))
         )
 
 
@@ -269,19 +303,22 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
     return out
 
 
-def rowquant_file(src: Path, dst: Path, mode: Mode = "sym", levels: int = 127, external: bool = False) -> str:
+def rowquant_file(
+    src: Path, dst: Path, mode: Mode = "sym", levels: int = 127, external: bool = False, fused: bool = True
+) -> str:
     """Rewrite the dynamic-int8 ONNX file ``src`` into ``dst``; returns a one-line note."""
     from ._onnx import save_model
 
     model = onnx.load(str(src))
-    model, counts = rowquant_model(model, mode, levels)
+    model, counts = rowquant_model(model, mode, levels, fused)
     if counts["rewritten"] == 0:
         raise ValueError(f"{src}: no DynamicQuantizeLinear -> MatMulInteger pattern to rewrite")
     if not external:
         onnx.checker.check_model(model)
     save_model(model, dst, external)
     return (
-        f"per-row dynamic activation quantization ({mode}, {levels} levels each side; "
+        f"per-row dynamic activation quantization ({mode}, {levels} levels each side"
+        f"{', QuantizeLinear + MatMulIntegerToFloat' if fused else ', standard ops'}; "
         f"{counts['rewritten']} DynamicQuantizeLinear -> {counts['matmuls']} MatMulInteger rewritten"
         + (f", {counts['skipped']} left per-tensor" if counts["skipped"] else "")
         + ")"
