@@ -59,11 +59,6 @@ def test_help_does_not_import_onnxruntime() -> None:
     assert not {"torch", "transformers", "pyarrow", "ray", "starlette", "uvicorn"} & set(loaded), loaded
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mrl_infer.search._cli.add_parsers imports mrl_infer.search._index (numpy) for its option "
-    "defaults; once those constants live in a numpy-free module this passes: drop the marker",
-)
 def test_help_does_not_import_numpy() -> None:
     code = "from mrl_infer.cli import build_parser\nbuild_parser().format_help()\n"
     assert "numpy" not in _loaded_after(code)

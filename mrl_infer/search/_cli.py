@@ -44,7 +44,7 @@ def _tier(value: str) -> tuple[int, str]:
 
 def add_parsers(sub: Any) -> None:
     """Register ``index`` (with ``build``) and ``search`` on the top-level subparsers."""
-    from mrl_infer.search import _index as defaults
+    from mrl_infer.search import _defaults as defaults
 
     index = sub.add_parser("index", help="build a funnel-search index (see: mrl-embed index build --help)")
     isub = index.add_subparsers(dest="index_command", required=True, metavar="{build}")

@@ -17,18 +17,14 @@ import numpy as np
 
 from mrl_infer.errors import DimError, IndexFormatError, InputError
 from mrl_infer.search import _scan, _store
+from mrl_infer.search._defaults import (  # the defaults and why (measured)
+    DEFAULT_OVERSAMPLE,
+    DEFAULT_RERANK_PRECISION,
+    DEFAULT_SHORTLIST_DIM,
+    DEFAULT_SHORTLIST_PRECISION,
+)
 
 logger = logging.getLogger(__name__)
-
-# Defaults chosen from the Pareto table of benchmarks/search.py (docs/search.md): on the default
-# model's real embeddings (101,915 texts, 1,000 held-out queries) the 128-dim int8 prefix with 32x
-# oversampling is the cheapest setting with recall@10 >= 0.99 against exact full-dim search
-# (0.993); 64-dim prefixes need > 100x oversampling for 0.98. Its tier is 128 B per row, 1/12 of
-# float32 full vectors.
-DEFAULT_SHORTLIST_DIM = 128
-DEFAULT_SHORTLIST_PRECISION = "int8"
-DEFAULT_OVERSAMPLE = 32
-DEFAULT_RERANK_PRECISION = "float16"
 
 
 def model_fingerprint(manifest: Any) -> str:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import random
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 DEMO_QUERIES = 300
@@ -61,6 +59,8 @@ def load_demo_corpus(
     n_queries: int = DEMO_QUERIES, n_docs: int = DEMO_DOCUMENTS, seed: int = DEMO_SEED
 ) -> DemoCorpus:
     """The bundled sample of the MNLI-val retrieval set (deterministic for a given seed)."""
+    import random
+
     from mrl_infer._quality import DEFAULT_RETRIEVAL_DIR, load_retrieval
 
     data = load_retrieval(DEFAULT_RETRIEVAL_DIR)
@@ -90,6 +90,8 @@ def load_demo_corpus(
 
 def demo_page() -> bytes:
     """The page's HTML (package data)."""
+    from importlib import resources
+
     return resources.files("mrl_infer.server").joinpath("static", "index.html").read_bytes()
 
 
