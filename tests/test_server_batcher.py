@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import time
 from collections.abc import Sequence
 from typing import ClassVar
@@ -90,6 +91,52 @@ def test_batches_respect_count_and_token_budget_and_are_length_sorted() -> None:
         assert len(batch) <= 8
         assert len(batch) == 1 or len(batch) * max(lens) <= 40, batch
         assert lens == sorted(lens, reverse=True), "a model call is not longest first"
+
+
+def _brute_force_cost(lengths: list[int], max_rows: int, budget: int, call_tokens: int) -> float:
+    """The cheapest cost over every way of cutting ``lengths`` into contiguous calls (2^(n-1) ways)."""
+    n, best = len(lengths), float("inf")
+    for cuts in itertools.product((False, True), repeat=n - 1):
+        bounds = [0, *[i + 1 for i, c in enumerate(cuts) if c], n]
+        cost = 0.0
+        for a, z in itertools.pairwise(bounds):
+            rows, width = z - a, lengths[a]
+            if rows > 1 and (rows > max_rows or rows * width > budget):
+                cost = float("inf")
+                break
+            cost += call_tokens + rows * width
+        best = min(best, cost)
+    return best
+
+
+def test_plan_calls_is_the_cheapest_valid_cut() -> None:
+    from mrl_infer.server._batcher import plan_calls
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 11))
+        lengths = sorted((int(x) for x in rng.integers(1, 200, size=n)), reverse=True)
+        max_rows, budget = int(rng.integers(1, 9)), int(rng.integers(50, 800))
+        call_tokens = int(rng.integers(0, 80))
+        ranges = plan_calls(lengths, max_rows, budget, call_tokens)
+        assert ranges[0][0] == 0 and ranges[-1][1] == n
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges)), ranges
+        cost = 0.0
+        for a, z in ranges:
+            rows = z - a
+            assert rows == 1 or (rows <= max_rows and rows * lengths[a] <= budget), (ranges, lengths)
+            cost += call_tokens + rows * lengths[a]
+        assert cost == _brute_force_cost(lengths, max_rows, budget, call_tokens), (lengths, ranges)
+
+
+def test_plan_calls_splits_a_mixed_round_where_padding_costs_more_than_a_call() -> None:
+    from mrl_infer.server._batcher import plan_calls
+
+    # one long text with six short ones: padding the short ones to 120 would cost 6 x 100 tokens
+    assert plan_calls([120, 20, 20, 18, 15, 12, 10], 32, 1024, 32) == [(0, 1), (1, 7)]
+    # equal lengths: one call, up to the caps
+    assert plan_calls([16] * 40, 32, 1024, 32) in ([(0, 32), (32, 40)], [(0, 8), (8, 40)])
+    assert plan_calls([2000], 32, 1024, 32) == [(0, 1)]  # one row always fits
 
 
 def test_long_request_does_not_starve_short_ones() -> None:

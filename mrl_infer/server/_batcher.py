@@ -4,9 +4,11 @@ The batcher knows nothing of HTTP. ``submit(items, lengths)`` admits a request's
 OverloadedError when the bounded queue, counted in inputs, is full) and returns a future of its rows.
 A scheduling round takes up to ``max_step_inputs`` inputs round-robin from the waiting requests, at most
 ``max_batch_size`` from one request per turn (each request's inputs longest first), so one long request
-cannot starve short ones; the round is then sorted by length and cut into model calls by
-``mrl_infer._embedder._plan_batches``, the rule ``Embedder.encode`` uses. Model calls run one at a time
-in a single worker thread; rows of cancelled requests are skipped.
+cannot starve short ones. The round is then sorted by length and cut into model calls by
+``plan_calls``: the cuts that minimize padded tokens plus a fixed cost per call, within
+``encode``'s count and token caps. (A round of requests has mixed lengths, unlike ``encode``'s
+sorted stream, so padding to the longest is the main loss.) Model calls run one at a time in a
+single worker thread; rows of cancelled requests are skipped.
 
 The backend call ``run_batch(items) -> float32 [n, D]`` returns full-width rows: Matryoshka truncation
 happens per request afterwards, so requests for different dims share model calls.
@@ -24,11 +26,40 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from mrl_infer._embedder import _plan_batches
 from mrl_infer.errors import OverloadedError
 from mrl_infer.server._config import BatchConfig
 
 T = TypeVar("T")
+
+
+def plan_calls(
+    sorted_lengths: Sequence[int], max_rows: int, budget: int, call_tokens: int
+) -> list[tuple[int, int]]:
+    """[start, stop) model calls over longest-first lengths, minimizing the estimated cost
+    ``sum(call_tokens + rows * longest)`` (a call costs as much as ``call_tokens`` padded tokens),
+    with at most ``max_rows`` rows and ``budget`` padded tokens per call (one row always fits).
+
+    Dynamic programming over the cut points: O(n * max_rows), under 1 ms for a 128-input round.
+    """
+    n = len(sorted_lengths)
+    lengths = [max(int(x), 1) for x in sorted_lengths]
+    best = [0.0] + [math.inf] * n  # best[j]: cost of rows [0, j)
+    cut = [0] * (n + 1)
+    for i in range(n):  # a call starting at i is padded to lengths[i]
+        if best[i] == math.inf:
+            continue
+        width = lengths[i]
+        rows = max(1, min(max_rows, budget // width))
+        for j in range(i + 1, min(n, i + rows) + 1):
+            c = best[i] + call_tokens + (j - i) * width
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    ranges = []
+    j = n
+    while j > 0:
+        ranges.append((cut[j], j))
+        j = cut[j]
+    return ranges[::-1]
 
 
 class BatchObserver(Protocol):
@@ -218,7 +249,8 @@ class Batcher(Generic[T]):
         loop = asyncio.get_running_loop()
         lengths = np.array([req.lengths[j] for req, j in round_], dtype=np.int64)
         order = np.argsort(-lengths, kind="stable")
-        for start, stop in _plan_batches(lengths[order], self._cfg.max_batch_size, self._cfg.token_budget):
+        cfg = self._cfg
+        for start, stop in plan_calls(lengths[order], cfg.max_batch_size, cfg.token_budget, cfg.call_tokens):
             chosen = [round_[k] for k in order[start:stop] if not round_[k][0].future.done()]
             if not chosen:
                 continue

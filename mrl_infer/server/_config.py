@@ -11,6 +11,10 @@ DEFAULT_CPU_BATCH_TOKENS = 1024
 # Inputs gathered per scheduling round, taken round-robin from waiting requests, then length-sorted
 # and cut into model calls; bounds how long a newly arrived short request waits (docs/server.md).
 DEFAULT_STEP_INPUTS = 128
+# What one model call costs beyond its padded tokens, in padded tokens: the batcher cuts a round where
+# padding would cost more than another call. Measured on the default int8 model (Intel Xeon, 2 vCPUs,
+# AVX-512 VNNI): ~1.0 ms per call + ~33 us per padded token at 1,024 tokens per call, so ~30 tokens.
+DEFAULT_CALL_TOKENS = 32
 # OpenAI's limit on inputs per embeddings request.
 DEFAULT_MAX_INPUTS = 2048
 
@@ -32,20 +36,27 @@ class BatchConfig:
         max_step_inputs: inputs taken per scheduling round, round-robin over waiting requests, at most
             ``max_batch_size`` from one request per turn (so a long request cannot starve short ones).
         max_wait_ms: when the model is idle, how long to wait after the oldest waiting input arrived for
-            more to batch with it (ms; 0: never wait).
+            more to batch with it (ms). Default 0: an idle model starts at once, and requests that
+            arrive while it runs form the next call (wrk, single texts, Intel Xeon 2 vCPUs: 266 / 338
+            / 381 req/s at 1 / 16 / 64 connections with 0, against 165 / 331 / 369 with 2 ms).
         max_queue: admitted inputs not yet embedded; a request that would exceed it is refused (429).
+        call_tokens: the cost of one more model call, in padded tokens; a round is cut into the
+            calls that minimize padded tokens plus this per call (``_batcher.plan_calls``).
     """
 
     max_batch_size: int = DEFAULT_BATCH_SIZE
     max_batch_tokens: int | None = DEFAULT_CPU_BATCH_TOKENS
     max_step_inputs: int = DEFAULT_STEP_INPUTS
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     max_queue: int = 8192
+    call_tokens: int = DEFAULT_CALL_TOKENS
 
     def __post_init__(self) -> None:
         _check_positive(
             max_batch_size=self.max_batch_size, max_step_inputs=self.max_step_inputs, max_queue=self.max_queue
         )
+        if self.call_tokens < 0:
+            raise ValueError(f"call_tokens must be >= 0, got {self.call_tokens}")
         if self.max_batch_tokens is not None:
             _check_positive(max_batch_tokens=self.max_batch_tokens)
         if self.max_wait_ms < 0:
