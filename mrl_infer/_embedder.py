@@ -141,6 +141,9 @@ class Embedder:
     ``verify`` (default: on unless ``MRL_INFER_VERIFY=0``) checks the ONNX file (and its external-data
     files) against the manifest's sha256 before first use; a verified file is remembered by its stat
     signature, so later loads skip the hash. Pass ``verify=False`` for a file edited on purpose.
+    ``session_config``: extra ONNX Runtime session config entries (``SessionOptions.
+    add_session_config_entry``), e.g. ``{"session.intra_op.allow_spinning": "0"}``, which
+    ``mrl-embed serve`` sets so that idle inference threads leave the CPU to the event loop.
     ``encode`` takes one str (one text, returns ``[dim]``) or a sequence of str; ``encode_iter`` takes
     an iterable of str and refuses a bare str. A NaN/inf embedding is never returned: it raises
     NonFiniteEmbeddingError naming the inputs.
@@ -161,6 +164,7 @@ class Embedder:
         cache_dir: str | os.PathLike[str] | None = None,
         allow_any_dim: bool = False,
         verify: bool | None = None,
+        session_config: Mapping[str, str] | None = None,
     ) -> None:
         self._closed = False
         if variant not in VARIANTS:
@@ -211,12 +215,12 @@ class Embedder:
         if verify_enabled(verify):
             verify_variant(model_dir, manifest.variants[variant_name])
         try:
-            self._session = OnnxSession(path, kind, device_id, threads)
+            self._session = OnnxSession(path, kind, device_id, threads, session_config)
         except DeviceError:
             if reason.startswith("auto"):
                 logger.warning("CUDA is available but failed to start; auto falls back to CPU")
                 kind, reason = "cpu", "auto: CUDA failed to start"
-                self._session = OnnxSession(path, kind, device_id, threads)
+                self._session = OnnxSession(path, kind, device_id, threads, session_config)
             else:
                 raise
         self._device_reason = reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,14 @@ def cuda_available() -> bool:
 class OnnxSession:
     """One ONNX Runtime session over one variant file; ``run`` is safe to call from several threads."""
 
-    def __init__(self, path: Path, kind: str, device_id: int, threads: int | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        kind: str,
+        device_id: int,
+        threads: int | None,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
         if not path.is_file():
             raise ModelFormatError(f"{path}: ONNX file is missing")
         opts = ort.SessionOptions()
@@ -96,6 +104,8 @@ class OnnxSession:
         if kind == "cpu":
             for key, value in CPU_CONFIG.items():
                 opts.add_session_config_entry(key, value)
+        for key, value in (config or {}).items():
+            opts.add_session_config_entry(str(key), str(value))
         if kind == "cuda":
             providers: list[str | tuple[str, dict[str, object]]] = [
                 (CUDA, {"device_id": device_id}),

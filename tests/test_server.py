@@ -321,3 +321,16 @@ def test_sigterm_during_load_finishes_accepted_requests(minilm_model_dir: Path, 
         np.testing.assert_allclose(got, ref.encode(texts[i * 8 : i * 8 + 8]), atol=1e-6, rtol=0)
     with pytest.raises(httpx.TransportError):
         httpx.get(s.url + "/health", timeout=2)
+
+
+def test_serve_turns_ort_spinning_off_unless_asked() -> None:
+    """``--ort-spinning`` reaches the ONNX Runtime session (default off for the server)."""
+    from mrl_infer.cli import build_parser
+    from mrl_infer.server._cli import load_embedder
+
+    key = "session.intra_op.allow_spinning"
+    with load_embedder(build_parser().parse_args(["serve"])) as emb:
+        assert emb._session.session.get_session_options().get_session_config_entry(key) == "0"
+    on = build_parser().parse_args(["serve", "--ort-spinning", "on"])
+    with load_embedder(on) as emb, pytest.raises(RuntimeError, match=key):  # unset: ORT's default
+        emb._session.session.get_session_options().get_session_config_entry(key)

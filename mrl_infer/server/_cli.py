@@ -12,6 +12,9 @@ from mrl_infer.errors import MrlInferError
 from mrl_infer.server._config import DEFAULT_MAX_INPUTS, BatchConfig, ServerConfig
 
 API_KEY_ENV = "MRL_EMBED_API_KEY"
+# Idle intra-op threads of ONNX Runtime spin by default, which suits a batch job; in the server they
+# compete with the event loop for the same cores (measured in docs/server.md).
+SPINNING_OFF = {"session.intra_op.allow_spinning": "0"}
 
 
 def _positive(value: str) -> int:
@@ -50,6 +53,12 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive, help="ONNX Runtime threads (default: physical cores)")
     p.add_argument(
         "--max-seq-length", type=_positive, help="truncate inputs to fewer tokens than the model's"
+    )
+    p.add_argument(
+        "--ort-spinning",
+        choices=("on", "off"),
+        default="off",
+        help="let idle ONNX Runtime threads spin (default off: they would take CPU from the event loop)",
     )
     p.add_argument("--served-model-name", help="the model name /v1/models lists (default: the model's name)")
     p.add_argument(
@@ -156,6 +165,7 @@ def load_embedder(args: argparse.Namespace) -> Any:
         variant=args.variant,
         threads=args.threads,
         max_seq_length=args.max_seq_length,
+        session_config=SPINNING_OFF if args.ort_spinning == "off" else None,
     )
 
 
