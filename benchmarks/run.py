@@ -27,11 +27,22 @@ from benchmarks import corpus as corpus_mod
 from benchmarks import models
 
 REPO = Path(__file__).resolve().parents[1]
-CPU_SYSTEMS = ("mrl_infer", "bare", "bare_peer", "st_onnx", "fastembed", "st_torch")
+CPU_SYSTEMS = (
+    "mrl_infer",
+    "bare",
+    "bare_sorted",
+    "bare_peer",
+    "bare_peer_sorted",
+    "st_onnx",
+    "fastembed",
+    "st_torch",
+)
 LABELS = {
     "mrl_infer": "mrl_infer",
     "bare": "bare onnxruntime loop (our graph)",
     "bare_peer": "bare onnxruntime loop (transformer-only graph)",
+    "bare_sorted": "bare onnxruntime loop, length-sorted (our graph)",
+    "bare_peer_sorted": "bare onnxruntime loop, length-sorted (transformer-only graph)",
     "st_onnx": "sentence-transformers, ONNX backend",
     "fastembed": "FastEmbed (custom local model)",
     "st_torch": "sentence-transformers, torch",

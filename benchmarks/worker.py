@@ -27,6 +27,8 @@ IMPORTS = {
     "fastembed": ("fastembed",),
     "bare": ("onnxruntime", "tokenizers"),
     "bare_peer": ("onnxruntime", "tokenizers"),
+    "bare_sorted": ("onnxruntime", "tokenizers"),
+    "bare_peer_sorted": ("onnxruntime", "tokenizers"),
 }
 
 
@@ -42,8 +44,12 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bare_loop(onnx_path: Path, tokenizer_path: Path, max_length: int) -> EncodeFn:
-    """The floor: tokenizers ``encode_batch`` with padding, onnxruntime defaults, input order, no sorting."""
+def bare_loop(onnx_path: Path, tokenizer_path: Path, max_length: int, sort: bool = False) -> EncodeFn:
+    """The floor: tokenizers ``encode_batch`` with padding, onnxruntime defaults, input order.
+
+    ``sort``: batch longest text first by characters and restore the order afterwards, as
+    sentence-transformers' ``encode`` does (so padding is not what the comparison measures).
+    """
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -53,6 +59,15 @@ def bare_loop(onnx_path: Path, tokenizer_path: Path, max_length: int) -> EncodeF
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
     def encode(t: list[str], bs: int) -> np.ndarray:
+        if sort:
+            order = np.argsort([-len(x) for x in t], kind="stable")
+            y = encode_in_order([t[i] for i in order], bs)
+            out = np.empty_like(y)
+            out[order] = y
+            return out
+        return encode_in_order(t, bs)
+
+    def encode_in_order(t: list[str], bs: int) -> np.ndarray:
         out = []
         for i in range(0, len(t), bs):
             enc = tok.encode_batch(t[i : i + bs])
@@ -136,10 +151,12 @@ def load_system(system: str, precision: str, ours: Path, peer: Path, device: str
 
         return fe_encode, info
 
-    if system in ("bare", "bare_peer"):
-        path = ours / OUR_FILES[precision] if system == "bare" else peer / PEER_FILES[precision]
+    if system in ("bare", "bare_peer", "bare_sorted", "bare_peer_sorted"):
+        mine = system in ("bare", "bare_sorted")
+        path = ours / OUR_FILES[precision] if mine else peer / PEER_FILES[precision]
         info["file"] = str(path)
-        return bare_loop(path, ours / "tokenizer.json", max_length=256), info
+        sort = system.endswith("_sorted")
+        return bare_loop(path, ours / "tokenizer.json", max_length=256, sort=sort), info
 
     raise ValueError(f"unknown system {system!r}")
 

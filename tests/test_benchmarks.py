@@ -70,7 +70,7 @@ def test_harness_smoke(minilm_model_dir: Path, tmp_path: Path) -> None:
     texts = corpus.generate(12)
     f = tmp_path / "corpus.txt"
     f.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    systems = ["mrl_infer", "bare", "st_onnx", "st_torch"]
+    systems = ["mrl_infer", "bare", "bare_sorted", "st_onnx", "st_torch"]
     if run.find_bench_python(None) is not None:
         systems.append("fastembed")
     rc = run.main([
