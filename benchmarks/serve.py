@@ -39,6 +39,7 @@ SHORT = "a short query"
 def _start(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     cmd = [sys.executable, "-m", "mrl_infer.cli", "serve", "--port", "0", "--log-level", "info"]
     cmd += ["--variant", args.variant, "--max-wait-ms", str(args.max_wait_ms)]
+    cmd += ["--ort-spinning", args.ort_spinning]
     cmd += ["--model", args.model] if args.model else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -59,6 +60,46 @@ def _start(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
             pass
         time.sleep(0.05)
     raise SystemExit("server not healthy")
+
+
+def _machine() -> dict[str, object]:
+    """CPU model, the ISA flags that matter for int8 GEMM, cores, load (compare only within one run)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return {
+        "cpu": model or platform.processor() or platform.machine(),
+        "flags": [f for f in wanted if f in flags],
+        "cores": os.cpu_count(),
+        "load_1min": os.getloadavg()[0],
+    }
+
+
+def _wrk(url: str, texts: list[str], concurrency: int, seconds: int) -> float | None:
+    """Requests/s of wrk (C, one thread) POSTing single texts in turn; None without wrk."""
+    import shutil
+    import tempfile
+
+    if shutil.which("wrk") is None:
+        return None
+    bodies = ",\n".join("[==[" + json.dumps({"input": t}) + "]==]" for t in texts)
+    script = (
+        f"bodies = {{\n{bodies}\n}}\ncounter = 0\nrequest = function()\n  counter = counter + 1\n"
+        '  return wrk.format("POST", "/v1/embeddings", {["Content-Type"]="application/json"}, '
+        "bodies[(counter % #bodies) + 1])\nend\n"
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", f.name, url + "/"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return float(m.group(1)) if m else None
 
 
 def _cell(url: str, texts: list[str], per_request: int, concurrency: int) -> dict[str, float]:
@@ -96,8 +137,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="ONNX Runtime threads, server and offline alike")
     ap.add_argument("--texts", type=int, default=512, help="texts per cell (bounded)")
     ap.add_argument("--concurrency", default="1,4,16,64")
-    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--max-wait-ms", type=float, default=0.0, help="the server's (default 0, as serve)")
+    ap.add_argument("--ort-spinning", choices=("on", "off"), default="off", help="the server's (default off)")
     ap.add_argument("--idle-runs", type=int, default=50)
+    ap.add_argument("--wrk-seconds", type=int, default=10, help="per wrk cell (0: skip wrk)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -141,6 +184,13 @@ def main() -> None:
                     f"{100 * cell['share_of_offline']:5.1f}% of offline",
                     flush=True,
                 )
+        wrk_rows = []
+        for conc in map(int, args.concurrency.split(",")) if args.wrk_seconds else ():
+            rps = _wrk(url, texts, conc, args.wrk_seconds)
+            if rps is None:
+                break
+            wrk_rows.append({"concurrency": conc, "requests_per_s": rps, "share_of_offline": rps / offline})
+            print(f"wrk single texts  c={conc:>2}  {rps:7.1f} req/s  {100 * rps / offline:5.1f}% of offline")
     finally:
         proc.terminate()
         proc.wait(30)
@@ -153,8 +203,14 @@ def main() -> None:
             "server_p50": statistics.median(idle_server),
         },
         "cells": rows,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-        "settings": {"variant": args.variant, "threads": args.threads, "max_wait_ms": args.max_wait_ms},
+        "wrk_single_texts": wrk_rows,
+        "machine": _machine(),
+        "settings": {
+            "variant": args.variant,
+            "threads": args.threads,
+            "max_wait_ms": args.max_wait_ms,
+            "ort_spinning": args.ort_spinning,
+        },
     }
     print(
         f"offline encode: {offline:.1f} texts/s; idle one short text: "
