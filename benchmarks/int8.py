@@ -14,7 +14,9 @@ Per-row activation quantization (export/_rowquant.py), against onnxruntime's per
 ``quality``: at every Matryoshka dim, min / mean cosine against PyTorch fp32 (sentence-transformers,
 when ``--st-dir`` is given) over the first 500 corpus texts, batch independence (min cosine between
 ``encode(batch_size=1)`` and ``encode(batch_size=128)``) and STS-B dev Spearman x100. ``speed``:
-sentences/s at batch 32 over 1,000 corpus texts, all variants in one process, interleaved passes.
+sentences/s at batch 32 over 1,000 corpus texts, all variants in one process, interleaved passes
+(``fp32``: the dir's fp32 file, for scale). ``saturation``: how often AVX2's u8s8 kernel (VPMADDUBSW, int16
+pair sums) would saturate on the graph's real u8 activations over 64 texts (an emulation in numpy).
 A variant is ``BASE:ROWQ``: BASE ``own`` (the model dir's int8 file) or an option of
 export/_int8_options.py (quantized from the dir's fp32 ``model.onnx``); ROWQ ``pt`` (unchanged,
 per-tensor) or ``sym127``, ``sym63``, ``asym127``, ``asym63`` (the rewrite's mode and levels; ``-std``
@@ -235,7 +237,12 @@ def rowquant_speed(variants: list[str], model_dir: Path, work: Path, n: int, pas
     from mrl_infer import Embedder
 
     texts, _ = corpus_mod.load(None, n)
-    embs = {v: Embedder(rowquant_dir(v, model_dir, work), variant="int8", device="cpu") for v in variants}
+    embs = {
+        v: Embedder(model_dir, variant="fp32", device="cpu")
+        if v == "fp32"
+        else Embedder(rowquant_dir(v, model_dir, work), variant="int8", device="cpu")
+        for v in variants
+    }
     for e in embs.values():
         e.encode(texts[:128], batch_size=32)
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -253,6 +260,63 @@ def rowquant_speed(variants: list[str], model_dir: Path, work: Path, n: int, pas
             for v, ts in times.items()]  # fmt: skip
 
 
+def rowquant_saturation(variants: list[str], model_dir: Path, work: Path, n: int) -> list[dict]:
+    """How often AVX2's VPMADDUBSW would saturate: int16 pair sums a[2j]*w[2j,n] + a[2j+1]*w[2j+1,n] of the
+    raw u8 activations (captured from the graph on ``n`` corpus texts, real tokens only) and s8 weights."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from tokenizers import Tokenizer
+
+    texts, _ = corpus_mod.load(None, n)
+    rows = []
+    for variant in variants:
+        d = rowquant_dir(variant, model_dir, work)
+        manifest = json.loads((d / "mrl_infer.json").read_text())
+        m = onnx.load(str(d / "model_int8.onnx"))
+        inits = {i.name: i for i in m.graph.initializer}
+        gemms = [x for x in m.graph.node if x.op_type in ("MatMulInteger", "MatMulIntegerToFloat")]
+        names = sorted({x.input[0] for x in gemms})
+        for name in names:
+            m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.UINT8, None))
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+        tok.enable_padding(
+            pad_id=manifest["tokenizer"]["pad_token_id"], pad_token=manifest["tokenizer"]["pad_token"]
+        )
+        tok.enable_truncation(manifest["max_seq_length"])
+        pairs = sat = outs = outs_hit = max_raw = 0
+        signed = True
+        for i in range(0, len(texts), 32):
+            enc = tok.encode_batch(texts[i : i + 32])
+            ids = np.array([e.ids for e in enc], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            feed = {k: v for k, v in feed.items() if k in manifest["inputs"]}
+            acts = dict(zip(names, sess.run(names, feed), strict=True))
+            for g in gemms:
+                w8 = numpy_helper.to_array(inits[g.input[1]])
+                signed = signed and w8.dtype == np.int8
+                a = acts[g.input[0]][mask.astype(bool)].astype(np.int32)
+                w = w8.astype(np.int32)
+                max_raw = max(max_raw, int(a.max()))
+                for r0 in range(0, len(a), 128):
+                    blk = a[r0 : r0 + 128]
+                    p = blk[:, 0::2, None] * w[None, 0::2, :] + blk[:, 1::2, None] * w[None, 1::2, :]
+                    over = (p > 32767) | (p < -32768)
+                    pairs += p.size
+                    sat += int(over.sum())
+                    outs += blk.shape[0] * w.shape[1]
+                    outs_hit += int(over.any(axis=1).sum())
+        rows.append({"variant": variant, "weights_s8": signed, "max_raw_u8": max_raw,
+                     "saturating_pairs": sat / pairs, "outputs_hit": outs_hit / outs,
+                     "note": "u8u8 GEMM: no VPMADDUBSW" if not signed else ""})  # fmt: skip
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
 def rowquant_main(a: argparse.Namespace) -> int:
     model_dir = a.model_dir or models.ensure_ours(a.ours)
     work = a.work / ("rowquant-" + model_dir.name)
@@ -260,6 +324,8 @@ def rowquant_main(a: argparse.Namespace) -> int:
     variants = a.variants.split(",")
     if a.rowquant == "quality":
         rows = rowquant_quality(variants, model_dir, a.st_dir, a.stsb, work, a.texts or 500)
+    elif a.rowquant == "saturation":
+        rows = rowquant_saturation(variants, model_dir, work, a.texts or 64)
     else:
         rows = rowquant_speed(variants, model_dir, work, a.texts or 1000, a.passes)
     out = {"mode": a.rowquant, "model_dir": str(model_dir), "stsb": str(a.stsb),
@@ -283,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench-int8")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--measure", nargs=2, metavar=("MODEL_DIR", "TEXTS_FILE"), help=argparse.SUPPRESS)
-    p.add_argument("--rowquant", choices=("quality", "speed"), help="per-row vs per-tensor activations")
+    p.add_argument("--rowquant", choices=("quality", "speed", "saturation"), help="per-row activations")
     p.add_argument("--model-dir", type=Path, help="--rowquant: the model dir (default: --ours)")
     p.add_argument("--st-dir", type=Path, help="--rowquant quality: sentence-transformers reference dir")
     p.add_argument("--variants", default=ROWQ_DEFAULT_VARIANTS, help="--rowquant: BASE:ROWQ,...")

@@ -29,6 +29,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
     # full-range weights with 8-bit raw activations can saturate VPMADDUBSW: VNNI CPUs only
     "dyn_u8s8_pc_rowasym_vnni": {"kind": "dynamic", "weight": "QInt8", "per_channel": True,
                                  "reduce_range": False, "rowquant": ("asym", 127)},
+    # u8 weights: onnxruntime's u8u8 GEMM widens to int16 first (no VPMADDUBSW), safe everywhere, but it has
+    # no VNNI kernel (as slow as fp32 on the AVX-512 VNNI machine measured)
+    "dyn_u8u8_pc_rowasym": {"kind": "dynamic", "weight": "QUInt8", "per_channel": True,
+                            "reduce_range": False, "rowquant": ("asym", 127)},
     # 7-bit raw activations (<= 127): safe on AVX2 with full-range weights
     "dyn_u8s8_pc_rowasym7": {"kind": "dynamic", "weight": "QInt8", "per_channel": True,
                              "reduce_range": False, "rowquant": ("asym", 63)},

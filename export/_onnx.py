@@ -250,13 +250,14 @@ INT8_ACTIVATIONS: dict[str, tuple[Literal["sym", "asym"], int] | None] = {
     "row-asym": ("asym", 127),
     "row-asym7": ("asym", 63),
 }
-#: The default stays per-tensor, measured (benchmarks/results/int8_rowquant.md, all-MiniLM-L6-v2, Xeon
-#: 2 vCPU AVX-512 VNNI + AMX, batch 32 over 1,000 bench-corpus texts, onnxruntime 1.32): per-row "row-asym"
-#: is batch-independent (min cosine bs1 vs bs128 1.0000 against 0.961-0.980 per-tensor) and more faithful
-#: (min / mean cosine vs PyTorch fp32 over 500 texts, every dim: 0.9945-0.9969 / 0.9987 against
-#: 0.9736-0.9857 / 0.992 with full-range weights; 0.9878-0.9917 / 0.9977 against 0.9659-0.9736 / 0.991
-#: with reduce_range weights), STS-B dev unchanged within 0.15, but 35% slower (479-485 against 729-739
-#: sent/s; "row-sym": 555, 25% slower). Pick it with ``activations=`` or $MRL_EXPORT_INT8_ACTIVATIONS.
+#: The default stays per-tensor: the per-row rewrite wins on fidelity and batch independence but not on
+#: speed. Measured (benchmarks/results/int8_rowquant.md; all-MiniLM-L6-v2, 2-vCPU Xeon with AVX-512 VNNI +
+#: AMX, onnxruntime 1.32, batch 32 over 1,000 bench-corpus texts, interleaved; 500 texts vs PyTorch fp32):
+#: min cosine bs1 vs bs128 1.0000 per row against 0.961-0.980 per tensor; min / mean cosine vs PyTorch
+#: at every dim, reduce_range weights: per tensor 0.966-0.974 / 0.991, "row-asym" 0.988-0.992 / 0.998,
+#: "row-sym" 0.985-0.989 / 0.996; STS-B dev within 0.1 of PyTorch; speed 722 sent/s per tensor, 538
+#: "row-sym" (-26%), 464 "row-asym" (-36%); fp32 314. Pick it with ``activations=`` or
+#: $MRL_EXPORT_INT8_ACTIVATIONS.
 DEFAULT_INT8_ACTIVATIONS = "tensor"
 
 

@@ -12,21 +12,29 @@ row of ``x`` (each token) its own scale instead, so a row's result depends on th
 
 Modes (``levels`` = L):
 
-``sym``   scale_r = max|x_r| / L, xq = Cast<u8>(Clip(Round(x / scale_r) + (L + 1), 0, 2L + 1)),
-          MatMulInteger(xq, Wq, a_zero_point = L + 1, Wzp); ``xs`` is replaced by scale_r ``[.., 1]``
-          (it broadcasts against the per-channel weight scale exactly where the original scalar did).
+``sym``   scale_r = max|x_r| / L, xq = Cast<u8>(Clip(Round(x / scale_r) + (L + 1), 0, 255)), integer GEMM
+          with the scalar a_zero_point L + 1.
 ``asym``  scale_r = (max(x_r, 0) - min(x_r, 0)) / (2L + 1), zp_r = Round(-min(x_r, 0) / scale_r),
-          xq = Cast<u8>(Clip(Round(x / scale_r) + zp_r, 0, 2L + 1)); onnxruntime's MatMulInteger accepts
-          only a scalar ``a_zero_point``, so the graph runs MatMulInteger(xq, Wq, 0, Wzp) and subtracts
-          ``zp_r * colsum(Wq - Wzp)`` (a constant per output channel) after the Cast.
+          xq = Cast<u8>(Clip(Round(x / scale_r) + zp_r, 0, 255)); onnxruntime's MatMulInteger accepts only a
+          scalar ``a_zero_point``, so the GEMM runs with a_zero_point 0 and the graph subtracts
+          ``zp_r * colsum(Wq - Wzp)`` (a constant per output channel) afterwards.
 
-``levels=127`` uses the full u8 range. ``levels=63`` keeps every raw u8 activation value in ``[0, 127]``:
-on x86 without VNNI, onnxruntime's u8s8 GEMM multiplies with VPMADDUBSW, whose int16 pair sums
-``a0*b0 + a1*b1`` of the *raw* u8 values saturate above 32767; raw values ≤ 127 against s8 weights
-(|w| ≤ 128) stay ≤ 32512, so a 7-bit activation range is safe with full-range weights, whereas
-``reduce_range`` (7-bit weights, |w| ≤ 64) is what makes the 8-bit activation range safe (≤ 32640).
-The zero point of 128 does not help: the kernel multiplies raw values and corrects for zero points
-afterwards.
+The dequantization becomes ``Mul(Mul(acc, w_scale), scale_r)`` (same per-channel weight scale as before, the
+per-row scale in place of the per-tensor one). ``fused`` (default): the quantization is one QuantizeLinear
+(per axis, over x flattened to ``[rows, K]``) and the GEMM with its ``w_scale`` is onnxruntime's
+MatMulIntegerToFloat (com.microsoft); ``fused=False`` emits standard ONNX ops only (Div, Round, Add, Clip,
+Cast, MatMulInteger, Cast, Mul), ~20% slower.
+
+``levels=127`` uses the full u8 range. ``levels=63`` keeps raw u8 activation values ≤ 127 (≤ 128 after a
+rounding tie in asym): on x86 without VNNI, onnxruntime's u8s8 GEMM multiplies with VPMADDUBSW, whose int16
+pair sums ``a0*b0 + a1*b1`` of the *raw* u8 values saturate outside [-32768, 32767]; raw values ≤ 128
+against the symmetric s8 weights of quantize_dynamic (|w| ≤ 127) stay ≤ 32512, so a 7-bit activation
+range is safe with full-range weights, whereas ``reduce_range`` (7-bit weights, |w| ≤ 64) is what makes
+the 8-bit activation range safe (≤ 32640). A zero point of 128 does not help: the kernel multiplies raw
+values and corrects for zero points afterwards. (Measured by emulating the pair sums on all-MiniLM-L6-v2's
+real activations, 64 texts: full-range weights with 8-bit activations saturate 2.6e-3 of the GEMM outputs
+per tensor, 1.1e-2 ``sym`` and 6.1e-2 ``asym`` per row; none with ``reduce_range`` or ``levels=63``.)
+The u8u8 GEMM (QUInt8 weights) widens to int16 before multiplying and cannot saturate.
 
 Every other node is kept; a ``DynamicQuantizeLinear`` whose outputs are used in any other way is left as
 it is (and counted in the note).

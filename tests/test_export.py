@@ -667,3 +667,24 @@ def test_quantize_int8_row_activations_batch_independent(
             assert float(np.sum(alone * fp32, axis=1).min()) > 0.99
         else:
             assert worst < 0.999  # the control: per-tensor activations do depend on the batch
+
+
+def test_export_int8_row_activations_from_env(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$MRL_EXPORT_INT8_ACTIVATIONS reaches the export's int8 step; the manifest's parity is of that file."""
+    import onnx
+
+    monkeypatch.setenv("MRL_EXPORT_INT8_ACTIVATIONS", "row-sym")
+    manifest = mrl_export.export(
+        tiny_bert, tmp_path / "out", variants=("fp32", "int8"), dims=[32, 16], show_progress=False
+    )
+    int8 = manifest["variants"]["int8"]
+    assert "per-row dynamic activation quantization (sym" in int8["notes"]
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "out" / int8["file"])).graph.node}
+    assert "DynamicQuantizeLinear" not in ops and "MatMulIntegerToFloat" in ops
+    assert not [p.name for p in (tmp_path / "out").iterdir() if "per-tensor" in p.name]
+    assert int8["parity"]["dims"]["32"]["min_cosine"] > 0.9
+    monkeypatch.setenv("MRL_EXPORT_INT8_ACTIVATIONS", "per-token")
+    with pytest.raises((ValueError, ExportError), match="per-token"):
+        mrl_export.export(tiny_bert, tmp_path / "bad", variants=("int8",), dims=[32], show_progress=False)
