@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=512, help="texts per cell (bounded)")
     ap.add_argument("--concurrency", default="1,4,16,64")
     ap.add_argument("--max-wait-ms", type=float, default=0.0, help="the server's (default 0, as serve)")
-    ap.add_argument("--ort-spinning", choices=("on", "off"), default="off", help="the server's (default off)")
+    ap.add_argument("--ort-spinning", choices=("on", "off"), default="on", help="the server's (default on)")
     ap.add_argument("--idle-runs", type=int, default=50)
     ap.add_argument("--wrk-seconds", type=int, default=10, help="per wrk cell (0: skip wrk)")
     ap.add_argument("--out", type=Path)

@@ -323,14 +323,14 @@ def test_sigterm_during_load_finishes_accepted_requests(minilm_model_dir: Path, 
         httpx.get(s.url + "/health", timeout=2)
 
 
-def test_serve_turns_ort_spinning_off_unless_asked() -> None:
-    """``--ort-spinning`` reaches the ONNX Runtime session (default off for the server)."""
+def test_serve_ort_spinning_switch_reaches_the_session() -> None:
+    """``--ort-spinning off`` sets the ONNX Runtime config entry; the default leaves ORT's (spinning)."""
     from mrl_infer.cli import build_parser
     from mrl_infer.server._cli import load_embedder
 
     key = "session.intra_op.allow_spinning"
-    with load_embedder(build_parser().parse_args(["serve"])) as emb:
+    with load_embedder(build_parser().parse_args(["serve", "--ort-spinning", "off"])) as emb:
         assert emb._session.session.get_session_options().get_session_config_entry(key) == "0"
-    on = build_parser().parse_args(["serve", "--ort-spinning", "on"])
-    with load_embedder(on) as emb, pytest.raises(RuntimeError, match=key):  # unset: ORT's default
+    default = build_parser().parse_args(["serve"])
+    with load_embedder(default) as emb, pytest.raises(RuntimeError, match=key):  # unset: ORT's default
         emb._session.session.get_session_options().get_session_config_entry(key)

@@ -12,8 +12,9 @@ from mrl_infer.errors import MrlInferError
 from mrl_infer.server._config import DEFAULT_MAX_INPUTS, BatchConfig, ServerConfig
 
 API_KEY_ENV = "MRL_EMBED_API_KEY"
-# Idle intra-op threads of ONNX Runtime spin by default, which suits a batch job; in the server they
-# compete with the event loop for the same cores (measured in docs/server.md).
+# Idle intra-op threads of ONNX Runtime spin by default. On a dedicated machine that is faster (wrk,
+# Intel Xeon 2 vCPUs, quiet: 279-288 vs 157-187 req/s at 1 connection, equal at 64); with another
+# process on one core, spinning off doubled throughput (215-245 vs 100-131). docs/server.md.
 SPINNING_OFF = {"session.intra_op.allow_spinning": "0"}
 
 
@@ -57,8 +58,9 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ort-spinning",
         choices=("on", "off"),
-        default="off",
-        help="let idle ONNX Runtime threads spin (default off: they would take CPU from the event loop)",
+        default="on",
+        help="let idle ONNX Runtime threads spin (default on; off helps where other processes share "
+        "the cores, see docs/server.md)",
     )
     p.add_argument("--served-model-name", help="the model name /v1/models lists (default: the model's name)")
     p.add_argument(
