@@ -202,4 +202,9 @@ def test_external_data_sha256_must_name_listed_files(tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError, match="must map file names"):
         parse_manifest(data, tmp_path / "mrl_infer.json")
     # an optional field: absent from a manifest that has none, as before
-    assert "external_data_sha256" not in load_manifest(DEFAULT_MODEL_DIR).to_dict()["variants"]["int8"]
+    data["variants"]["int8"].pop("external_data_sha256")
+    plain = parse_manifest(data, tmp_path / "m.json").to_dict()["variants"]["int8"]
+    assert "external_data_sha256" not in plain
+    # the shipped default lists its weights file and that file's digest
+    shipped = load_manifest(DEFAULT_MODEL_DIR).to_dict()["variants"]["int8"]
+    assert list(shipped["external_data_sha256"]) == shipped["external_data"] == ["model_int8.onnx.data"]

@@ -49,16 +49,20 @@ def _real_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _largest_tensor_span(onnx_path: Path) -> tuple[int, int]:
-    """(offset, length) in the file of the largest initializer's raw bytes (the word embeddings)."""
+def _largest_tensor_span(onnx_path: Path) -> tuple[Path, int, int]:
+    """(file, offset, length) of the largest initializer's raw bytes (the word embeddings): in the
+    .onnx file itself, or in its external-data file (the shipped default keeps them there)."""
     import onnx
 
-    model = onnx.load(str(onnx_path))
+    model = onnx.load(str(onnx_path))  # external data loaded too
     tensor = max(model.graph.initializer, key=lambda t: len(t.raw_data))
     raw = tensor.raw_data
-    offset = onnx_path.read_bytes().find(raw[:4096])
-    assert offset > 0 and len(raw) > 10_000_000
-    return offset, len(raw)
+    for path in (onnx_path, *sorted(onnx_path.parent.glob(onnx_path.name + ".data"))):
+        offset = path.read_bytes().find(raw[:4096])
+        if offset >= 0:
+            assert len(raw) > 10_000_000
+            return path, offset, len(raw)
+    raise AssertionError(f"{onnx_path}: the largest tensor's bytes are in no file")
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +70,8 @@ def damaged_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model with its word-embedding bytes overwritten at random (same size, still a
     valid ONNX file): what a bad disk or a truncated-then-padded download leaves behind."""
     d = _real_copy(DEFAULT_MODEL_DIR, tmp_path_factory.mktemp("damaged") / "m")
-    path = d / "model_int8.onnx"
+    path, offset, length = _largest_tensor_span(d / "model_int8.onnx")
     size = path.stat().st_size
-    offset, length = _largest_tensor_span(path)
     noise = np.random.default_rng(11).integers(0, 256, size=length, dtype=np.uint8).tobytes()
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -91,13 +94,16 @@ def _no_session(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 # ---------------------------------------------------------------- the sha256 check
 def test_damaged_bytes_refused_before_any_session(damaged_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    expected = json.loads((damaged_dir / "mrl_infer.json").read_text())["variants"]["int8"]["sha256"]
-    actual = _integrity.sha256_file(damaged_dir / "model_int8.onnx")
+    variant = json.loads((damaged_dir / "mrl_infer.json").read_text())["variants"]["int8"]
+    damaged, _, _ = _largest_tensor_span(damaged_dir / "model_int8.onnx")
+    digests = {variant["file"]: variant["sha256"], **variant.get("external_data_sha256", {})}
+    expected = digests[damaged.name]  # the file holding the overwritten weights
+    actual = _integrity.sha256_file(damaged)
     opened = _no_session(monkeypatch)
     with pytest.raises(ModelFormatError) as info:
         Embedder(damaged_dir)
     msg = str(info.value)
-    assert "model_int8.onnx" in msg and expected in msg and actual in msg
+    assert damaged.name in msg and expected in msg and actual in msg
     assert "verify=False" in msg and "MRL_INFER_VERIFY=0" in msg
     assert opened == []
 
