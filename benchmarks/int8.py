@@ -44,6 +44,18 @@ REPO = Path(__file__).resolve().parents[1]
 STSB = REPO.parent / "shared" / "data" / "stsb" / "dev.tsv"
 
 
+def _scratch_dir(src: Path, out: Path) -> tuple[Path, dict]:
+    """A fresh hidden sibling of ``out`` holding ``src``'s tokenizer files, and ``src``'s manifest."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    manifest = json.loads((src / "mrl_infer.json").read_text())
+    for f in manifest["tokenizer"]["files"]:
+        shutil.copy(src / f, tmp / f)
+    return tmp, manifest
+
+
 def build(option: str, ours: Path, root: Path) -> Path:
     """A model dir identical to ``ours`` except that its int8 file is quantized with ``option``."""
     from mrl_export._int8_options import quantize_option
@@ -51,13 +63,7 @@ def build(option: str, ours: Path, root: Path) -> Path:
     out = root / option
     if (out / "mrl_infer.json").is_file():
         return out
-    tmp = root / f".{option}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    manifest = json.loads((ours / "mrl_infer.json").read_text())
-    for f in manifest["tokenizer"]["files"]:
-        shutil.copy(ours / f, tmp / f)
+    tmp, manifest = _scratch_dir(ours, out)
     calibration = None
     if option.startswith("static"):
         calibration = _calibration_feeds(ours)
@@ -65,6 +71,8 @@ def build(option: str, ours: Path, root: Path) -> Path:
     note = quantize_option(ours / "model.onnx", tmp / "model_int8.onnx", option, calibration)
     v = manifest["variants"]["int8"]
     v.update(file="model_int8.onnx", sha256=None, notes=note)
+    for key in ("external_data", "external_data_sha256"):
+        v.pop(key, None)
     manifest["variants"] = {"int8": v}
     manifest["bench_quantize_s"] = round(time.perf_counter() - t, 1)
     (tmp / "mrl_infer.json").write_text(json.dumps(manifest, indent=1))
@@ -142,13 +150,7 @@ def rowquant_dir(variant: str, model_dir: Path, root: Path) -> Path:
     out = root / variant.replace(":", "_")
     if (out / "mrl_infer.json").is_file():
         return out
-    tmp = root / f".{out.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    manifest = json.loads((model_dir / "mrl_infer.json").read_text())
-    for f in manifest["tokenizer"]["files"]:
-        shutil.copy(model_dir / f, tmp / f)
+    tmp, manifest = _scratch_dir(model_dir, out)
     if ROWQ[rq] is None:
         shutil.copy(src, tmp / "model_int8.onnx")
         note = f"{base}, per-tensor activations"
@@ -156,7 +158,8 @@ def rowquant_dir(variant: str, model_dir: Path, root: Path) -> Path:
         mode, levels, fused = ROWQ[rq]
         note = rowquant_file(src, tmp / "model_int8.onnx", mode=mode, levels=levels, fused=fused)
     v = dict(manifest["variants"]["int8"], file="model_int8.onnx", sha256=None, notes=note)
-    v.pop("parity", None)
+    for key in ("parity", "external_data", "external_data_sha256"):  # one self-contained file now
+        v.pop(key, None)
     manifest["variants"] = {"int8": v}
     (tmp / "mrl_infer.json").write_text(json.dumps(manifest, indent=1))
     tmp.rename(out)
