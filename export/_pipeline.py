@@ -247,6 +247,7 @@ def run_export(
 
         # 8. manifest
         step("write manifest")
+        external = {v: _onnx.uses_external_data(work / files[v]) for v in variants}
         manifest_variants = {
             v: Variant(
                 file=files[v],
@@ -255,7 +256,9 @@ def run_export(
                 sha256=_metadata.sha256_file(work / files[v]),
                 parity=parity[v],
                 notes=notes[v],
-                external_data=_onnx.uses_external_data(work / files[v]),
+                external_data=external[v],
+                # the graph's sha256 covers only the .onnx file: hash its weights files too
+                external_data_sha256={n: _metadata.sha256_file(work / n) for n in external[v]},
             )
             for v in variants
         }

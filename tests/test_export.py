@@ -440,6 +440,8 @@ def test_large_model_external_data(tmp_path: Path, tiny_bert: Path, monkeypatch:
     """Graphs over the 2 GiB protobuf limit keep weights in <file>.data (forced here by a zero threshold)."""
     from mrl_export import _onnx
 
+    from mrl_infer._integrity import sha256_file
+
     monkeypatch.setattr(_onnx, "LARGE_BYTES", 0)
     out = tmp_path / "out"
     manifest = mrl_export.export(tiny_bert, out, variants=("fp32", "int8", "fp16"), show_progress=False)
@@ -447,6 +449,8 @@ def test_large_model_external_data(tmp_path: Path, tiny_bert: Path, monkeypatch:
         assert v["external_data"] == [v["file"] + ".data"]
         assert (out / v["external_data"][0]).stat().st_size > 100_000
         assert v["parity"]["dims"]["32"]["min_cosine"] > 0.99
+        # the weights are hashed too, so the runtime verifies them (not only the .onnx stub)
+        assert v["external_data_sha256"] == {n: sha256_file(out / n) for n in v["external_data"]}
     assert sorted(p.name for p in out.iterdir() if p.suffix in (".onnx", ".data")) == [
         "model.onnx",
         "model.onnx.data",
