@@ -447,3 +447,21 @@ def test_info_on_a_mistyped_path_says_no_such_model_directory(capsys: pytest.Cap
     assert main(["info", "./no/such/model"]) == 2
     err = capsys.readouterr().err
     assert "no such model directory" in err and "no/such/model" in err
+
+
+def test_worker_started_after_its_parent_died_exits_at_once() -> None:
+    """A spawn worker whose parent died while it was still importing is already re-parented: it must
+    leave at once (PR_SET_PDEATHSIG set after the parent's death would never fire)."""
+    import multiprocessing
+
+    from mrl_infer.jobs._job import _exit_with_parent
+
+    ctx = multiprocessing.get_context("spawn")
+    orphan = ctx.Process(target=_exit_with_parent, args=(1_000_000_007,))  # not its parent
+    orphan.start()
+    orphan.join(60)
+    assert orphan.exitcode == 1
+    child = ctx.Process(target=_exit_with_parent, args=(os.getpid(),))  # its real parent: carries on
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0

@@ -195,14 +195,19 @@ def _make_embedder(kwargs: dict[str, Any]) -> Any:
     return Embedder(**kwargs)
 
 
-def _exit_with_parent() -> None:
-    """End this worker when the main process dies, even by SIGKILL (which leaves no chance to clean up)."""
-    parent = os.getppid()
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the main process ``parent`` dies, even by SIGKILL (which leaves no chance
+    to clean up), including when it died while this worker was still starting (spawn imports take
+    a while): then the worker is already re-parented and leaves at once."""
+    if os.getppid() != parent:
+        os._exit(1)
     with contextlib.suppress(Exception):  # Linux: the kernel delivers SIGKILL when the parent dies
         import ctypes
         import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # died between the check above and prctl
+            os._exit(1)
 
     def watch() -> None:  # elsewhere: notice being re-parented
         while os.getppid() == parent:
@@ -212,9 +217,9 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="mrl-embed-parent-watch").start()
 
 
-def _init_worker(kwargs: dict[str, Any]) -> None:
+def _init_worker(kwargs: dict[str, Any], parent: int) -> None:
     global _WORKER_EMBEDDER
-    _exit_with_parent()
+    _exit_with_parent(parent)
     _WORKER_EMBEDDER = _make_embedder(kwargs)
 
 
@@ -630,7 +635,7 @@ class _Job:
         kwargs = _embedder_kwargs(opts, worker_threads(opts.workers, opts.threads))
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(
-            opts.workers, mp_context=ctx, initializer=_init_worker, initargs=(kwargs,)
+            opts.workers, mp_context=ctx, initializer=_init_worker, initargs=(kwargs, os.getpid())
         ) as pool:
             pending: collections.deque[tuple[_Chunk, cf.Future[_Encoded] | None]] = collections.deque()
             try:
