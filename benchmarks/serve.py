@@ -76,8 +76,27 @@ def _machine() -> dict[str, object]:
     }
 
 
+def _wrk_idle_ms(url: str, seconds: int) -> float | None:
+    """Mean latency (ms) of wrk sending one short text at a time: the idle latency without the
+    Python client's own per-request cost; None without wrk."""
+    r = _wrk_run(url, [SHORT], 1, seconds)
+    if r is None:
+        return None
+    m = re.search(r"Latency\s+([\d.]+)(us|ms|s)\b", r)
+    if not m:
+        return None
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+
 def _wrk(url: str, texts: list[str], concurrency: int, seconds: int) -> float | None:
     """Requests/s of wrk (C, one thread) POSTing single texts in turn; None without wrk."""
+    out = _wrk_run(url, texts, concurrency, seconds)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out or "")
+    return float(m.group(1)) if m else None
+
+
+def _wrk_run(url: str, texts: list[str], concurrency: int, seconds: int) -> str | None:
+    """wrk's report for POSTing ``texts`` in turn, one per request; None without wrk."""
     import shutil
     import tempfile
 
@@ -98,8 +117,7 @@ def _wrk(url: str, texts: list[str], concurrency: int, seconds: int) -> float | 
         ).stdout
     finally:
         os.unlink(f.name)
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return float(m.group(1)) if m else None
+    return out
 
 
 def _cell(url: str, texts: list[str], per_request: int, concurrency: int) -> dict[str, float]:
@@ -184,6 +202,7 @@ def main() -> None:
                     f"{100 * cell['share_of_offline']:5.1f}% of offline",
                     flush=True,
                 )
+        wrk_idle = _wrk_idle_ms(url, args.wrk_seconds) if args.wrk_seconds else None
         wrk_rows = []
         for conc in map(int, args.concurrency.split(",")) if args.wrk_seconds else ():
             rps = _wrk(url, texts, conc, args.wrk_seconds)
@@ -201,6 +220,7 @@ def main() -> None:
         "idle_ms": {
             "encode_p50": statistics.median(idle_encode),
             "server_p50": statistics.median(idle_server),
+            "server_wrk_mean": wrk_idle,
         },
         "cells": rows,
         "wrk_single_texts": wrk_rows,
@@ -215,7 +235,8 @@ def main() -> None:
     print(
         f"offline encode: {offline:.1f} texts/s; idle one short text: "
         f"encode {result['idle_ms']['encode_p50']:.2f} ms, "
-        f"server {result['idle_ms']['server_p50']:.2f} ms (median of {args.idle_runs})"
+        f"server {result['idle_ms']['server_p50']:.2f} ms (httpx, median of {args.idle_runs}), "
+        f"{wrk_idle if wrk_idle is not None else float('nan'):.2f} ms (wrk, mean)"
     )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
