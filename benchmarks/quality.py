@@ -6,6 +6,8 @@ Writes ``quality.md`` (markdown table), ``quality.json`` (rows) and ``quality.pn
 one line per model and variant, like the Matryoshka paper's headline figure). STS-B is read from
 ``--data`` (default ``../shared/data``); the retrieval set is the committed MNLI-val set
 (``benchmarks/data/retrieval``, see its PROVENANCE.md) unless ``--retrieval`` says otherwise.
+``--ood NAME=DIR`` (repeatable) adds an out-of-domain retrieval set (e.g. CISI, Debian descriptions):
+a ``NAME nDCG@10`` column and a panel in the plot.
 """
 
 from __future__ import annotations
@@ -30,9 +32,16 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("stsb_spearman", "STS-B test Spearman x100"), ("ndcg@10", "retrieval nDCG@10 x100")]
+    metrics = [("stsb_spearman", "STS-B test Spearman x100"), ("ndcg@10", "MNLI-val retrieval nDCG@10 x100")]
+    extra = dict.fromkeys(k for r in rows for k in r if k.endswith(":ndcg@10"))
+    metrics += [(k, f"{k.split(':')[0]} nDCG@10 x100 (out of domain)") for k in extra]
     metrics = [m for m in metrics if any(r.get(m[0]) is not None for r in rows)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.6), squeeze=False)
+    ncol = min(len(metrics), 2)
+    nrow = -(-len(metrics) // ncol)
+    fig, grid = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 4.6 * nrow), squeeze=False)
+    axes = [list(grid.flat)[: len(metrics)]]
+    for ax in list(grid.flat)[len(metrics) :]:
+        ax.set_visible(False)
     keys = list(dict.fromkeys((r["model"], r["variant"]) for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
     colors = {m: f"C{i}" for i, m in enumerate(models)}
@@ -76,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dims", default="", help="comma-separated dims (default: each model's own)")
     ap.add_argument("--data", default=None, help="dir with stsb/test.tsv (default ../shared/data)")
     ap.add_argument("--retrieval", default=None, help="retrieval set dir (default benchmarks/data/retrieval)")
+    ap.add_argument(
+        "--ood",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="an out-of-domain retrieval set (BEIR or tsv layout); repeatable",
+    )
     ap.add_argument("--split", default="test", help="STS-B split: test (report) or dev (selection)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--include", action="append", default=[], help="quality.json of an earlier run to merge")
@@ -86,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(names) != len(args.models):
         ap.error("--names needs one name per model")
     dims = [int(d) for d in args.dims.split(",")] if args.dims else None
+    ood: dict[str, str] = {}
+    for item in args.ood:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            ap.error(f"--ood {item!r}: expected NAME=DIR")
+        ood[name] = path
     rows: list[dict[str, Any]] = []
     for path in args.include:
         rows += json.loads(Path(path).read_text(encoding="utf-8"))
@@ -99,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             retrieval_dir=args.retrieval,
             split=args.split,
             threads=args.threads,
+            extra_retrieval=ood,
         )
         for r in got:
             r["model"] = name
@@ -109,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(rows)
     header = (
         f"STS-B {args.split} Spearman (cosine) x100 and MNLI-val retrieval (1,681 queries, 5,000 docs) x100, "
-        "per truncation dim.\n\n"
+        "per truncation dim."
+        + "".join(f" {n}: out-of-domain retrieval ({p})." for n, p in ood.items())
+        + "\n\n"
     )
     (out / "quality.md").write_text(header + table + "\n", encoding="utf-8")
     (out / "quality.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")

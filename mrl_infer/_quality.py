@@ -180,9 +180,40 @@ def _find(directory: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{directory}: no {stem}.tsv(.gz)")
 
 
-def load_retrieval(directory: str | os.PathLike[str]) -> RetrievalData:
-    """Read ``queries``/``corpus``/``qrels`` ``.tsv(.gz)`` (headers; id<TAB>text, query_id<TAB>doc_id)."""
+def has_retrieval(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` holds a retrieval set in either layout :func:`load_retrieval` reads."""
     d = Path(directory)
+    return any((d / n).exists() for n in ("qrels.tsv.gz", "qrels.tsv", "qrels/test.tsv"))
+
+
+def _load_beir(d: Path) -> RetrievalData:
+    """BEIR layout: ``corpus.jsonl`` (title + text, joined by a space as BEIR does), ``queries.jsonl``,
+    ``qrels/test.tsv``; only queries with a positive judgment are kept, as BEIR evaluates."""
+    import json
+
+    qrels: dict[str, set[str]] = {}
+    for qid, did, score, *_ in _read_tsv(d / "qrels" / "test.tsv"):
+        if float(score) > 0:
+            qrels.setdefault(qid, set()).add(did)
+    docs = [
+        json.loads(line) for line in (d / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line
+    ]
+    queries = [
+        json.loads(line) for line in (d / "queries.jsonl").read_text(encoding="utf-8").splitlines() if line
+    ]
+    queries = [q for q in queries if q["_id"] in qrels]
+    doc_text = [" ".join(t for t in (x.get("title") or "", x.get("text") or "") if t).strip() for x in docs]
+    return RetrievalData(
+        [q["_id"] for q in queries], [q["text"] for q in queries], [x["_id"] for x in docs], doc_text, qrels
+    )
+
+
+def load_retrieval(directory: str | os.PathLike[str]) -> RetrievalData:
+    """Read ``queries``/``corpus``/``qrels`` ``.tsv(.gz)`` (headers; id<TAB>text, query_id<TAB>doc_id),
+    or a BEIR directory (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``)."""
+    d = Path(directory)
+    if (d / "corpus.jsonl").exists():
+        return _load_beir(d)
     q = _read_tsv(_find(d, "queries"))
     c = _read_tsv(_find(d, "corpus"))
     qrels: dict[str, set[str]] = {}
@@ -234,23 +265,31 @@ def evaluate_encoder(
     retrieval: RetrievalData | None,
     model: str = "",
     variant: str = "",
+    extra_retrieval: dict[str, RetrievalData] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per dim for an arbitrary encode function (used by the trainer and by ``evaluate``)."""
+    """One row per dim for an arbitrary encode function (used by the trainer and by ``evaluate``).
+
+    ``extra_retrieval`` (name -> set, e.g. out-of-domain sets) adds ``<name>:ndcg@10`` and
+    ``<name>:recall@100`` to each row.
+    """
     sts_scores = sts_spearman_by_dim(encode, sts, dims) if sts is not None else {}
     ret = retrieval_by_dim(encode, retrieval, dims) if retrieval is not None else {}
+    extra = {name: retrieval_by_dim(encode, d, dims) for name, d in (extra_retrieval or {}).items()}
     rows = []
     for dim in dims:
         r = ret.get(dim, {})
-        rows.append(
-            {
-                "model": model,
-                "variant": variant,
-                "dim": int(dim),
-                "stsb_spearman": sts_scores.get(dim),
-                "ndcg@10": r.get("ndcg@10"),
-                "recall@100": r.get("recall@100"),
-            }
-        )
+        row: dict[str, Any] = {
+            "model": model,
+            "variant": variant,
+            "dim": int(dim),
+            "stsb_spearman": sts_scores.get(dim),
+            "ndcg@10": r.get("ndcg@10"),
+            "recall@100": r.get("recall@100"),
+        }
+        for name, by_dim in extra.items():
+            for key, value in by_dim[dim].items():
+                row[f"{name}:{key}"] = value
+        rows.append(row)
     return rows
 
 
@@ -279,6 +318,7 @@ def evaluate(
     split: str = "test",
     batch_size: int = 64,
     threads: int | None = None,
+    extra_retrieval: dict[str, str | os.PathLike[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate a model directory (or hub id) with mrl_infer at each dim and variant.
 
@@ -288,7 +328,9 @@ def evaluate(
     ``$MRL_QUALITY_DATA``; without either, the packaged test split (``mrl_infer/eval_data``). The retrieval
     set comes from ``retrieval_dir`` (default: the packaged MNLI-val set). A missing data set and a
     variant the model does not ship are each logged as a warning on ``mrl_infer.eval``; if none of
-    ``variants`` exists, :class:`~mrl_infer.errors.ModelFormatError`.
+    ``variants`` exists, :class:`~mrl_infer.errors.ModelFormatError`. ``extra_retrieval`` (name ->
+    directory, either layout of :func:`load_retrieval`) adds ``<name>:ndcg@10`` / ``<name>:recall@100``
+    columns; a missing one is an error, since the caller asked for it by name.
     """
     from mrl_infer import Embedder  # late import: keeps this module importable without the runtime
     from mrl_infer.errors import ModelFormatError
@@ -297,9 +339,12 @@ def evaluate(
     sts = load_sts(sts_path) if sts_path else None
     where = data_dir or os.environ.get("MRL_QUALITY_DATA") or DEFAULT_DATA_DIR
     rdir = Path(retrieval_dir) if retrieval_dir else DEFAULT_RETRIEVAL_DIR
-    retrieval = (
-        load_retrieval(rdir) if (rdir / "qrels.tsv.gz").exists() or (rdir / "qrels.tsv").exists() else None
-    )
+    retrieval = load_retrieval(rdir) if has_retrieval(rdir) else None
+    extra: dict[str, RetrievalData] = {}
+    for name, path in (extra_retrieval or {}).items():
+        if not has_retrieval(path):
+            raise FileNotFoundError(f"retrieval set {name!r}: no qrels.tsv[.gz] or qrels/test.tsv in {path}")
+        extra[name] = load_retrieval(path)
     if sts is None and retrieval is None:
         raise FileNotFoundError(
             f"no evaluation data: no STS-B {split} split under {where} and no retrieval set "
@@ -338,7 +383,13 @@ def evaluate(
             )
 
         rows += evaluate_encoder(
-            encode, use_dims, sts=sts, retrieval=retrieval, model=str(model), variant=variant
+            encode,
+            use_dims,
+            sts=sts,
+            retrieval=retrieval,
+            model=str(model),
+            variant=variant,
+            extra_retrieval=extra,
         )
     if not rows and skipped:
         raise ModelFormatError(f"{model}: none of the variants {list(variants)} exists in this model")
@@ -358,9 +409,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             x["dim"] for x in rows if (x["model"], x["variant"]) == key
         ):
             full[key] = r["stsb_spearman"]
+    extra = list(dict.fromkeys(k for r in rows for k in r if k.endswith(":ndcg@10")))
     lines = [
-        "| model | variant | dim | STS-B Spearman | % of full dim | nDCG@10 | recall@100 |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | variant | dim | STS-B Spearman | % of full dim | nDCG@10 | recall@100 |"
+        + "".join(f" {k.split(':')[0]} nDCG@10 |" for k in extra),
+        "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(extra),
     ]
     for r in rows:
         f = full.get((r["model"], r["variant"]))
@@ -369,5 +422,6 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['model']} | {r['variant']} | {r['dim']} | {_fmt(s)} | {pct} | "
             f"{_fmt(r.get('ndcg@10'))} | {_fmt(r.get('recall@100'))} |"
+            + "".join(f" {_fmt(r.get(k))} |" for k in extra)
         )
     return "\n".join(lines)

@@ -174,3 +174,61 @@ def test_eval_notes_dropped_variant_and_missing_sts(
     text = caplog.text
     assert "variant fp32 skipped" in text
     assert "no STS-B test split" in text and "stswiki" in text and "--data" in text
+
+
+def _write_beir(d: Path) -> None:
+    (d / "qrels").mkdir(parents=True)
+    (d / "corpus.jsonl").write_text(
+        '{"_id": "d0", "title": "Cats", "text": "a cat on a mat"}\n'
+        '{"_id": "d1", "title": "", "text": "stock prices fell"}\n',
+        encoding="utf-8",
+    )
+    (d / "queries.jsonl").write_text(
+        '{"_id": "q0", "text": "cat sits on mat"}\n{"_id": "q1", "text": "no judgment"}\n', encoding="utf-8"
+    )
+    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t0\n", "utf-8")
+
+
+def test_load_beir_layout(tmp_path: Path) -> None:
+    """BEIR: title and text joined by a space, an empty title adds nothing, unjudged queries dropped."""
+    _write_beir(tmp_path)
+    assert q.has_retrieval(tmp_path) and not q.has_retrieval(tmp_path / "qrels")
+    r = q.load_retrieval(tmp_path)
+    assert r.query_ids == ["q0"] and r.queries == ["cat sits on mat"]
+    assert r.doc_ids == ["d0", "d1"] and r.docs == ["Cats a cat on a mat", "stock prices fell"]
+    assert r.qrels == {"q0": {"d0"}}
+
+
+def test_extra_retrieval_columns(tmp_path: Path) -> None:
+    """Out-of-domain sets add their own columns; a wrong encoder scores lower there, not everywhere."""
+    texts = ["a b", "c d"]
+    table = {t: np.eye(2)[i] for i, t in enumerate(texts)}
+
+    def encode(xs: list[str]) -> np.ndarray:
+        return np.stack([table[x] for x in xs])
+
+    good = q.RetrievalData(["q0"], ["a b"], ["d0", "d1"], ["c d", "a b"], {"q0": {"d1"}})
+    bad = q.RetrievalData(["q0"], ["a b"], ["d0", "d1"], ["a b", "c d"], {"q0": {"d1"}})
+    rows = q.evaluate_encoder(encode, [2], sts=None, retrieval=good, extra_retrieval={"ood": bad})
+    assert rows[0]["ndcg@10"] == pytest.approx(100.0)
+    assert rows[0]["ood:ndcg@10"] == pytest.approx(100.0 / math.log2(3))
+    md = q.format_table(rows)
+    assert "ood nDCG@10" in md.splitlines()[0] and md.splitlines()[2].endswith(" 63.09 |")
+
+
+def test_evaluate_names_a_missing_extra_set(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="'cisi'"):
+        q.evaluate(
+            str(Path(q.__file__).parent / "models" / "default"),
+            dims=[32],
+            extra_retrieval={"cisi": tmp_path / "nowhere"},
+        )
+
+
+def test_committed_debian_set_loads() -> None:
+    """The committed out-of-domain set: 1,000 queries, one relevant description each, 5,000 docs."""
+    r = q.load_retrieval(Path(__file__).resolve().parents[1] / "benchmarks/data/debian_desc")
+    assert len(r.queries) == 1000 and len(r.docs) == 5000 and len(set(r.doc_ids)) == 5000
+    assert all(len(v) == 1 for v in r.qrels.values()) and len(r.qrels) == 1000
+    docs = set(r.doc_ids)
+    assert all(d in docs for v in r.qrels.values() for d in v)
