@@ -98,6 +98,7 @@ def load_data(data: Path) -> dict[str, Any]:
     related += [("mnli\t" + r[0], r[0], r[1]) for r in mnli if r[4] == "mnli_train.tsv"]
     groups = group_related(related, banned)
     return {
+        "banned": banned,
         "triplets": triplets,
         "sts": list(zip(sts.s1, sts.s2, (sts.scores / 5.0).tolist(), strict=True)),
         "distill": distill,
@@ -131,8 +132,11 @@ def group_related(pairs: list[tuple[str, str, str]], banned: set[str]) -> list[l
 # --------------------------------------------------------------------------- losses
 
 
-def make_distill_loss(model: Any, kind: str, tau: float) -> Any:
-    """In-batch similarity distillation; labels are the teacher's full-dim cosine matrix [B, B]."""
+def make_distill_loss(model: Any, kind: str, tau: float, anchor_weight: float = 0.0) -> Any:
+    """In-batch similarity distillation; labels are ``(teacher embeddings [B, D],)``, normalized.
+
+    ``anchor_weight`` adds, at the full dim only, the mean ``1 - cos(student, teacher)``.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -144,19 +148,24 @@ def make_distill_loss(model: Any, kind: str, tau: float) -> Any:
             self.model = model
 
         def forward(
-            self, sentence_features: list[dict[str, torch.Tensor]], labels: torch.Tensor
+            self, sentence_features: list[dict[str, torch.Tensor]], labels: tuple[torch.Tensor]
         ) -> torch.Tensor:
+            (teacher,) = labels
             emb = F.normalize(self.model(sentence_features[0])["sentence_embedding"], dim=-1)
             sim = emb @ emb.T
+            target = teacher @ teacher.T
             n = sim.shape[0]
             off = ~torch.eye(n, dtype=torch.bool, device=sim.device)
+            anchor = 0.0
+            if anchor_weight and emb.shape[-1] == teacher.shape[-1]:
+                # Full dim only: stay on the teacher's own vectors (1 - cosine), not only its geometry.
+                anchor = anchor_weight * (1.0 - (emb * teacher).sum(-1)).mean()
             if kind == "mse":
-                return ((sim - labels)[off] ** 2).mean()
+                return ((sim - target)[off] ** 2).mean() + anchor
             s = (sim / tau).masked_fill(~off, -1e4)
-            t = (labels / tau).masked_fill(~off, -1e4)
-            return F.kl_div(
-                F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean"
-            )
+            t = (target / tau).masked_fill(~off, -1e4)
+            kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+            return kl + anchor
 
     return SimilarityDistillLoss()
 
@@ -195,7 +204,19 @@ def dev_eval(model: Any, dims: list[int], data: Path) -> list[dict[str, Any]]:
         dims,
         sts=load_sts(data / "stsb/dev.tsv"),
         retrieval=load_retrieval(DEFAULT_RETRIEVAL_DIR),
+        extra_retrieval=ood_sets(data),
     )
+
+
+def ood_sets(data: Path) -> dict[str, Any]:
+    """The out-of-domain retrieval sets present: CISI (``<data>/retrieval/cisi``) and Debian descriptions."""
+    from mrl_infer._quality import has_retrieval, load_retrieval
+
+    found = {}
+    for name, path in (("cisi", data / "retrieval/cisi"), ("debian", REPO / "benchmarks/data/debian_desc")):
+        if has_retrieval(path):
+            found[name] = load_retrieval(path)
+    return found
 
 
 # --------------------------------------------------------------------------- training
@@ -219,7 +240,30 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     tasks = [t for t in args.tasks.split(",") if t]
     rng = random.Random(args.seed)
     groups = data.pop("distill_groups")
-    if args.distill_groups:
+    banned = data.pop("banned")
+    pool_log: dict[str, Any] = {}
+    if args.pool:
+        # Several sources of related-text groups; each source's sentences fill whole batches, so a
+        # batch holds texts of one kind and similar length (less padding), in a seeded batch order.
+        from mrl_export import _pool
+
+        sources = {
+            "nli": lambda: groups,
+            "wordnet": _pool.wordnet_groups,
+            "pydoc": _pool.pydoc_groups,
+        }
+        picked_all: list[str] = []
+        for item in args.pool.split(","):
+            name, _, cap = item.partition(":")
+            got = _pool.sample_groups(sources[name](), int(cap), args.seed, banned)
+            flat = [t for g in got for t in g]
+            flat = flat[: len(flat) - len(flat) % args.batch_distill]
+            pool_log[name] = len(flat)
+            picked_all.extend(flat)
+        pool_log["wordnet_sha256"] = _pool.fingerprint(_pool.WORDNET_DIR, "data.*")
+        pool_log["pydoc_sha256"] = _pool.fingerprint(_pool.PYDOC_DIR, "*.rst.txt")
+        data["distill"] = picked_all
+    elif args.distill_groups:
         # Whole groups of related sentences, in a seeded random order, up to --distill-max sentences;
         # batches are then cut from this order, so neighbours share a batch.
         if args.subset:
@@ -264,7 +308,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     task_loss = {
         "mnrl": wrap(losses.MultipleNegativesRankingLoss(model)),
         "cosent": wrap(losses.CoSENTLoss(model), cosent_weights),
-        "distill": wrap(make_distill_loss(model, args.distill_kind, args.distill_tau)),
+        "distill": wrap(make_distill_loss(model, args.distill_kind, args.distill_tau, args.anchor_weight)),
     }
     task_weight = {"mnrl": 1.0, "cosent": 1.0, "distill": args.distill_weight}
     task_bs = {"mnrl": args.batch_mnrl, "cosent": args.batch_cosent, "distill": args.batch_distill}
@@ -276,7 +320,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         for task in tasks:
             key = {"mnrl": "triplets", "cosent": "sts", "distill": "distill"}[task]
             idx = list(range(len(data[key])))
-            if not (task == "distill" and args.distill_groups):
+            if not (task == "distill" and (args.distill_groups or args.pool)):
                 rng.shuffle(idx)
             bs = task_bs[task]
             for s in range(0, len(idx) - bs + 1, bs):  # drop the ragged last batch
@@ -308,8 +352,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 assert teacher is not None
                 feats = [model.tokenize([data["distill"][i] for i in idx])]
-                t = torch.from_numpy(teacher[idx])
-                labels = t @ t.T
+                # A tuple, so that MatryoshkaLoss passes the full-dim teacher through untruncated.
+                labels = (torch.from_numpy(teacher[idx]),)
             loss = task_weight[task] * task_loss[task](feats, labels)
             opt.zero_grad()
             loss.backward()
@@ -329,6 +373,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "base": base,
         "n": {k: len(v) for k, v in data.items()},
+        "pool": pool_log,
         "steps": total,
         "teacher_s": round(t_teacher, 1),
         "train_s": round(train_s, 1),
@@ -440,6 +485,14 @@ def main(argv: list[str] | None = None) -> None:
         "--distill-groups",
         action="store_true",
         help="distil on groups of related sentences (premise + hypotheses, STS pairs) kept in one batch",
+    )
+    ap.add_argument(
+        "--pool",
+        default="",
+        help="distillation sources and caps, e.g. nli:14000,wordnet:12000,pydoc:12000 (see _pool.py)",
+    )
+    ap.add_argument(
+        "--anchor-weight", type=float, default=0.0, help="full-dim 1-cos(student, teacher) weight"
     )
     ap.add_argument("--dim-weights", default="", help="MatryoshkaLoss weights for 384,256,128,64,32")
     ap.add_argument(
