@@ -259,10 +259,19 @@ INT8_ACTIVATIONS: dict[str, tuple[Literal["sym", "asym"], int] | None] = {
 #: "row-sym" (-26%), 464 "row-asym" (-36%); fp32 314. Pick it with ``activations=`` or
 #: $MRL_EXPORT_INT8_ACTIVATIONS.
 DEFAULT_INT8_ACTIVATIONS = "tensor"
+#: int8 embedding tables: "fp32" leaves the Gather tables as they are; "row" stores each large table as int8
+#: with a scale per row (export/_gatherquant.py), about halving a BERT-style int8 file.
+INT8_TABLES = ("fp32", "row")
+DEFAULT_INT8_TABLES = "fp32"
 
 
 def quantize_int8(
-    src: Path, dst: Path, target: str, external: bool = False, activations: str | None = None
+    src: Path,
+    dst: Path,
+    target: str,
+    external: bool = False,
+    activations: str | None = None,
+    tables: str | None = None,
 ) -> str:
     """Dynamic int8 quantization of MatMul/Attention/Gemm weights of ``src`` into ``dst``; returns a note.
 
@@ -271,13 +280,17 @@ def quantize_int8(
     so a text's embedding no longer depends on its batch-mates (export/_rowquant.py). ``row-sym`` and
     ``row-asym`` use raw u8 activation values up to 255: safe from VPMADDUBSW saturation on AVX2 only with
     the 7-bit weights of ``reduce_range`` (targets avx2 / avx512); ``row-asym7`` keeps them ≤ 127 and is
-    safe with any weights.
+    safe with any weights. ``tables`` (default ``$MRL_EXPORT_INT8_TABLES`` or :data:`DEFAULT_INT8_TABLES`):
+    ``"row"`` also stores large embedding tables as int8 with a scale per row.
     """
     import os
 
     act = activations or os.environ.get("MRL_EXPORT_INT8_ACTIVATIONS") or DEFAULT_INT8_ACTIVATIONS
     if act not in INT8_ACTIVATIONS:
         raise ValueError(f"unknown int8 activations {act!r}; expected one of {tuple(INT8_ACTIVATIONS)}")
+    tab = tables or os.environ.get("MRL_EXPORT_INT8_TABLES") or DEFAULT_INT8_TABLES
+    if tab not in INT8_TABLES:
+        raise ValueError(f"unknown int8 tables {tab!r}; expected one of {INT8_TABLES}")
     opts = quantize_options(target)
     row = INT8_ACTIVATIONS[act]
     tmp = dst.with_name(dst.stem + ".per-tensor" + dst.suffix) if row else dst
@@ -305,6 +318,10 @@ def quantize_int8(
             for f in [tmp, *extra]:
                 if f != dst and f.name != dst.name + ".data":
                     f.unlink(missing_ok=True)
+    if tab == "row":
+        from ._gatherquant import gatherquant_file
+
+        note += "; " + gatherquant_file(dst, dst, external=external)
     return note
 
 
