@@ -405,8 +405,19 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
     trained = Path(args.ship)
     export_dir = Path(args.export_dir)
     if not (export_dir / "mrl_infer.json").exists() or args.reexport:
+        # The shipped file runs on every x86 CPU: reduce_range weights (the avx2 target) whatever this
+        # machine has; the activation mode is the export's $MRL_EXPORT_INT8_ACTIVATIONS setting.
+        if args.int8_activations:
+            os.environ["MRL_EXPORT_INT8_ACTIVATIONS"] = args.int8_activations
+        if args.int8_tables:
+            os.environ["MRL_EXPORT_INT8_TABLES"] = args.int8_tables
         mrl_export.export(
-            str(trained), export_dir, variants=("fp32", "int8"), dims=list(MATRYOSHKA_DIMS), overwrite=True
+            str(trained),
+            export_dir,
+            variants=("fp32", "int8"),
+            dims=list(MATRYOSHKA_DIMS),
+            overwrite=True,
+            quantize=args.quantize,
         )
     manifest = json.loads((export_dir / "mrl_infer.json").read_text())
     variant = manifest["variants"][args.variant]
@@ -511,6 +522,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--export-dir", default=str(REPO / "artifacts/models/default"))
     ap.add_argument("--reexport", action="store_true")
     ap.add_argument("--variant", default="int8", help="variant shipped in mrl_infer/models/default")
+    ap.add_argument(
+        "--quantize", default="avx2", help="int8 target of the shipped export (avx2: runs anywhere)"
+    )
+    ap.add_argument(
+        "--int8-activations",
+        default="",
+        help="int8 activation quantization of the shipped export: tensor, row-sym, row-asym, row-asym7",
+    )
+    ap.add_argument(
+        "--int8-tables", default="", help="int8 embedding tables of the shipped export: fp32 or row"
+    )
     ap.add_argument("--name", default="mrl-infer/minilm-l6-mrl-default")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
