@@ -470,8 +470,31 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
     src["base_model"] = "sentence-transformers/all-MiniLM-L6-v2"
     src["recipe"] = "python -m mrl_export.train (export/train.py); see README.md"
     shipped["source"] = src
-    for f in [*manifest["tokenizer"]["files"], variant["file"]]:
+    for f in [*manifest["tokenizer"]["files"], variant["file"], *variant.get("external_data", [])]:
         shutil.copy2(export_dir / f, dest / f)
+    if args.external_data and not variant.get("external_data"):
+        # Weights as ONNX external data: onnxruntime memory-maps them, which halves session creation
+        # (docs/benchmarks.md); the same graph and numbers, the data file verified by its own sha256.
+        import onnx
+        from mrl_export._onnx import save_model
+
+        from mrl_infer._integrity import sha256_file
+
+        path = dest / variant["file"]
+        save_model(onnx.load(str(path)), path, external=True)
+        data_name = path.name + ".data"
+        shipped["variants"] = {
+            args.variant: dict(
+                variant,
+                sha256=sha256_file(path),
+                external_data=[data_name],
+                external_data_sha256={data_name: sha256_file(dest / data_name)},
+            )
+        }
+    ref_meta = REPO / "tests/data/default_model_reference.json"
+    meta = json.loads(ref_meta.read_text())
+    meta["file_sha256"] = shipped["variants"][args.variant]["sha256"]
+    ref_meta.write_text(json.dumps(meta, indent=2) + "\n")
     (dest / "mrl_infer.json").write_text(json.dumps(shipped, indent=2) + "\n")
     return {"measured_min_cosine": measured, "floor": floor, "dest": str(dest)}
 
@@ -532,6 +555,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--int8-tables", default="", help="int8 embedding tables of the shipped export: fp32 or row"
+    )
+    ap.add_argument(
+        "--no-external-data",
+        dest="external_data",
+        action="store_false",
+        help="ship the weights inside the .onnx file (default: beside it, as ONNX external data)",
     )
     ap.add_argument("--name", default="mrl-infer/minilm-l6-mrl-default")
     args = ap.parse_args(argv)
