@@ -48,7 +48,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     for ax, (metric, label) in zip(axes[0], metrics, strict=True):
         for model, variant in keys:
             pts = sorted(
-                (r["dim"], r[metric]) for r in rows if (r["model"], r["variant"]) == (model, variant)
+                (r["dim"], r.get(metric)) for r in rows if (r["model"], r["variant"]) == (model, variant)
             )
             pts = [p for p in pts if p[1] is not None]
             if not pts:
