@@ -88,6 +88,17 @@ def pydoc_groups(directory: Path = PYDOC_DIR, min_words: int = 8, max_words: int
     return groups
 
 
+def unique_texts(texts: list[str], banned: set[str], seen: set[str]) -> list[str]:
+    """``texts`` less empty, banned and already ``seen`` ones (stripped, lower-cased); updates ``seen``."""
+    out = []
+    for s in texts:
+        k = s.strip().lower()
+        if k and k not in banned and k not in seen:
+            seen.add(k)
+            out.append(s)
+    return out
+
+
 def sample_groups(groups: list[list[str]], max_texts: int, seed: int, banned: set[str]) -> list[list[str]]:
     """Whole groups in a seeded order, up to ``max_texts`` texts; duplicates and banned texts dropped."""
     order = list(range(len(groups)))
@@ -98,12 +109,7 @@ def sample_groups(groups: list[list[str]], max_texts: int, seed: int, banned: se
     for i in order:
         if total >= max_texts:
             break
-        g = []
-        for s in groups[i]:
-            k = s.strip().lower()
-            if k and k not in banned and k not in seen:
-                seen.add(k)
-                g.append(s)
+        g = unique_texts(groups[i], banned, seen)
         if g:
             out.append(g)
             total += len(g)

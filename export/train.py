@@ -115,18 +115,11 @@ def group_related(pairs: list[tuple[str, str, str]], banned: set[str]) -> list[l
     by_key: dict[str, list[str]] = {}
     for key, first, second in pairs:
         by_key.setdefault(key, [first]).append(second)
+    from mrl_export._pool import unique_texts
+
     seen: set[str] = set()
-    groups: list[list[str]] = []
-    for members in by_key.values():
-        g = []
-        for s in members:
-            k = s.strip().lower()
-            if k and k not in banned and k not in seen:
-                seen.add(k)
-                g.append(s)
-        if g:
-            groups.append(g)
-    return groups
+    groups = [unique_texts(members, banned, seen) for members in by_key.values()]
+    return [g for g in groups if g]
 
 
 # --------------------------------------------------------------------------- losses
@@ -392,7 +385,8 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
     """Export a trained model, store reference embeddings for the tests, install the chosen variant.
 
     Writes ``artifacts/models/<name>`` (every variant), ``tests/data/default_model_reference_*`` and
-    ``mrl_infer/models/default/`` (manifest narrowed to the shipped variant, tokenizer files, one ONNX file).
+    ``mrl_infer/models/default/`` (manifest narrowed to the shipped variant, tokenizer files, its ONNX
+    file and external data).
     """
     import shutil
 
@@ -425,10 +419,10 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
     texts = (REPO / "tests/data/default_model_reference_texts.txt").read_text(encoding="utf-8").splitlines()
     ref = SentenceTransformer(str(trained), device="cpu").encode(texts, normalize_embeddings=True)
     ref = np.asarray(ref, dtype=np.float32)
-    onnx = Embedder(str(export_dir), variant=args.variant)
+    runtime = Embedder(str(export_dir), variant=args.variant)
     measured, measured_mean = {}, {}
     for dim in MATRYOSHKA_DIMS:
-        cos = (onnx.encode(texts, dim=dim) * truncate(ref, dim)).sum(axis=1)
+        cos = (runtime.encode(texts, dim=dim) * truncate(ref, dim)).sum(axis=1)
         measured[str(dim)] = float(cos.min())
         measured_mean[str(dim)] = float(cos.mean())
     manifest_min = min(float(d["min_cosine"]) for d in variant["parity"]["dims"].values())
@@ -438,24 +432,6 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
     floor = round(min(manifest_min, min(measured.values())) - 5e-3, 6)
     if min(measured.values()) < manifest_min - 0.02:
         raise SystemExit(f"reference texts min cosine {measured} far below the manifest's {manifest_min}")
-    np.save(REPO / "tests/data/default_model_reference_emb.npy", ref)
-    (REPO / "tests/data/default_model_reference.json").write_text(
-        json.dumps(
-            {
-                "variant": args.variant,
-                "file_sha256": variant["sha256"],
-                "manifest_min_cosine": manifest_min,
-                "min_cosine_floor": floor,
-                "measured_min_cosine_by_dim": measured,
-                "measured_mean_cosine_by_dim": measured_mean,
-                "mean_cosine_tolerance": 2e-3,
-                "reference": "sentence-transformers 5.7.0 (PyTorch, CPU, fp32), normalize_embeddings=True",
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-
     dest = REPO / "mrl_infer/models/default"
     dest.mkdir(parents=True, exist_ok=True)
     for p in dest.iterdir():
@@ -491,10 +467,23 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
                 external_data_sha256={data_name: sha256_file(dest / data_name)},
             )
         }
-    ref_meta = REPO / "tests/data/default_model_reference.json"
-    meta = json.loads(ref_meta.read_text())
-    meta["file_sha256"] = shipped["variants"][args.variant]["sha256"]
-    ref_meta.write_text(json.dumps(meta, indent=2) + "\n")
+    np.save(REPO / "tests/data/default_model_reference_emb.npy", ref)
+    (REPO / "tests/data/default_model_reference.json").write_text(
+        json.dumps(
+            {
+                "variant": args.variant,
+                "file_sha256": shipped["variants"][args.variant]["sha256"],
+                "manifest_min_cosine": manifest_min,
+                "min_cosine_floor": floor,
+                "measured_min_cosine_by_dim": measured,
+                "measured_mean_cosine_by_dim": measured_mean,
+                "mean_cosine_tolerance": 2e-3,
+                "reference": "sentence-transformers 5.7.0 (PyTorch, CPU, fp32), normalize_embeddings=True",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     (dest / "mrl_infer.json").write_text(json.dumps(shipped, indent=2) + "\n")
     return {"measured_min_cosine": measured, "floor": floor, "dest": str(dest)}
 
