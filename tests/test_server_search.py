@@ -101,6 +101,7 @@ def test_search_picks_a_tier_and_reports_stats() -> None:
                     "precision": precision,
                     "rows": 300,
                     "candidates": 12,
+                    "engine": "onnxruntime",
                     "ms": stats["shortlist"]["ms"],
                 }
                 assert stats["rerank"] == {

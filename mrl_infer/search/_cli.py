@@ -123,6 +123,12 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--shortlist-precision", choices=_PRECISIONS, help="the shortlist tier's precision")
     s.add_argument("--rerank-dim", type=_positive)
     s.add_argument("--exact", action="store_true", help="brute-force full-dim search (the reference)")
+    s.add_argument(
+        "--engine",
+        choices=("onnxruntime", "faiss"),
+        default="onnxruntime",
+        help="shortlist scan: onnxruntime (default) or faiss (ubinary tiers, Hamming; the [faiss] extra)",
+    )
     s.set_defaults(handler=cmd_search)
 
 
@@ -209,6 +215,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         shortlist_precision=args.shortlist_precision,
         rerank_dim=args.rerank_dim,
         exact=args.exact,
+        engine=args.engine,
     )
     out = sys.stdout
     for query, ids, scores, positions in zip(

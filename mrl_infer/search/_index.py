@@ -71,7 +71,7 @@ class SearchResult:
     ``stats``: what each stage did, filled by :meth:`Index.search` (``time.perf_counter`` seconds)::
 
         {"queries": n, "embed_seconds": s,                      # embed_seconds: text queries only
-         "shortlist": {"dim", "precision", "rows", "candidates", "seconds"},
+         "shortlist": {"dim", "precision", "rows", "candidates", "engine", "seconds"},
          "rerank": {"dim", "precision", "rows", "kept", "seconds"}}
         {"queries": n, "exact": {"dim", "precision", "rows", "kept", "seconds"}}   # exact=True
 
@@ -571,6 +571,7 @@ class Index:
         shortlist_precision: str | None = None,
         rerank_dim: int | None = None,
         exact: bool = False,
+        engine: str = "onnxruntime",
     ) -> SearchResult:
         """Top ``k`` rows for each query, best first.
 
@@ -586,12 +587,23 @@ class Index:
                 too, though the exact search does not use a tier.
             rerank_dim: rerank on a prefix of the rerank tier (default: all of it).
             exact: brute force over the rerank tier, no shortlist (the reference).
+            engine: ``"onnxruntime"`` (default) scores the tier as stored (float16/int8 dot
+                products; ubinary asymmetrically, float query against the row's bits).
+                ``"faiss"`` (ubinary tiers only; ``pip install 'mrl-infer[faiss]'``) ranks by
+                Hamming distance between the query's sign bits and the row's, in faiss'
+                ``IndexBinaryFlat``: faster per row but a looser ranking, so it needs more
+                oversampling for the same recall (docs/search.md: 256 bits x 128 for recall 0.99
+                on the default model). faiss keeps its own copy of the codes (the tier's bytes
+                once more) and uses all cores.
 
         Raises:
             InputError: empty index, no queries, NaN queries, text queries without a model.
             DimError: query dim, ``rerank_dim`` or a shortlist tier the index cannot serve (the
                 message lists the index's tiers).
-            ValueError: ``shortlist_precision`` not one of float16, int8, ubinary.
+            ValueError: ``shortlist_precision`` not one of float16, int8, ubinary; an unknown
+                ``engine``; ``engine="faiss"`` on a tier that is not ubinary (the message lists
+                the index's tiers).
+            ImportError: ``engine="faiss"`` without faiss-cpu installed.
 
         The result's ``stats`` say what each stage did and how long it took (:class:`SearchResult`).
         """
@@ -600,6 +612,14 @@ class Index:
         if len(self) == 0:
             raise InputError("the index is empty: add rows before searching")
         spec = self._pick_tier(shortlist_dim, shortlist_precision)
+        if engine not in _scan.ENGINES:
+            raise ValueError(f"engine must be one of {_scan.ENGINES}, got {engine!r}")
+        if engine == "faiss" and spec[1] != "ubinary" and not exact:
+            raise InputError(
+                f"engine='faiss' scans ubinary tiers only, and this search would use the {spec[0]}-d "
+                f"{spec[1]} tier (its tiers: {self._describe_tiers()}); pass shortlist_precision="
+                f"'ubinary' or add a tier with index.add_tier({spec[0] - spec[0] % 8 or 8}, 'ubinary')"
+            )
         rdim = self.rerank_dim if rerank_dim is None else rerank_dim
         if not 1 <= rdim <= self.rerank_dim:
             raise DimError(
@@ -622,7 +642,10 @@ class Index:
         else:
             kk = min(n, k * over)
             t0 = time.perf_counter()
-            _, cand = _scan.shortlist(self._tiers[spec], q, kk, self.threads)
+            if engine == "faiss":
+                _, cand = _scan.shortlist_hamming(self._tiers[spec], q, kk)
+            else:
+                _, cand = _scan.shortlist(self._tiers[spec], q, kk, self.threads)
             t1 = time.perf_counter()
             scores, rows = _scan.rerank(self._store, q, cand, k, rdim)
             t2 = time.perf_counter()
@@ -631,6 +654,7 @@ class Index:
                 "precision": spec[1],
                 "rows": n,
                 "candidates": kk,
+                "engine": engine,
                 "seconds": t1 - t0,
             }
             stats["rerank"] = rerank | {"rows": kk, "kept": k, "seconds": t2 - t1}

@@ -11,7 +11,7 @@ prompt; the search runs in a worker thread. Response::
     {"object": "list", "model": ..., "data": [{"object": "search_result", "index": 0, "query": ...,
       "results": [{"id": ..., "score": 0.83, "fields": {...}}, ...]}],
      "usage": {"prompt_tokens": n, "total_tokens": n},
-     "stats": {"embed_ms": ..., "shortlist": {"dim", "precision", "rows", "candidates", "ms"},
+     "stats": {"embed_ms": ..., "shortlist": {"dim", "precision", "rows", "candidates", "engine", "ms"},
                "rerank": {"dim", "precision", "rows", "kept", "ms"}}}
 
 (``"exact": {"dim", "precision", "rows", "kept", "ms"}`` instead of shortlist/rerank for exact
