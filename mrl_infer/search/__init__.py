@@ -2,6 +2,8 @@
 
 Used by ``mrl-embed index`` / ``mrl-embed search``; needs only numpy and onnxruntime. The public
 names load on first use (PEP 562), so registering the CLI's options costs no numpy.
+``to_qdrant`` / ``qdrant_search`` put the same two tiers into Qdrant (needs qdrant-client, loaded
+only when they are called).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mrl_infer.search._index import Index, SearchResult
+    from mrl_infer.search._qdrant import qdrant_search, to_qdrant
     from mrl_infer.search._util import semantic_search, similarity
 
 _LAZY = {
@@ -18,6 +21,8 @@ _LAZY = {
     "SearchResult": "mrl_infer.search._index",
     "semantic_search": "mrl_infer.search._util",
     "similarity": "mrl_infer.search._util",
+    "to_qdrant": "mrl_infer.search._qdrant",  # needs qdrant-client ([qdrant]), imported on first call
+    "qdrant_search": "mrl_infer.search._qdrant",
 }
 
 
@@ -34,4 +39,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["Index", "SearchResult", "semantic_search", "similarity"]
+__all__ = ["Index", "SearchResult", "qdrant_search", "semantic_search", "similarity", "to_qdrant"]
