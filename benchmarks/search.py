@@ -13,7 +13,7 @@
   each is a real embedding plus Gaussian noise drawn from the real embeddings' own covariance
   (0.5x its scale), renormalized; the per-dim variance profile (what makes Matryoshka prefixes
   work) and the cluster structure of the real set carry over. Queries: the 1,000 real held-out
-  queries. Queries/s at batch 1 (median of 20 single-query calls) and batch 64 (median of 3).
+  queries. Queries/s at batch 1 (median of 3 rounds of 10 single-query calls) and batch 64 (median of 3).
 - Peers in the same run: exact numpy (chunked GEMM + argpartition, the reference) and faiss
   ``IndexFlatIP`` over the full float32 vectors (the usual choice), when faiss-cpu is installed.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -59,8 +60,6 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f" {f}" in flags]
-    import os
-
     return {"cpu": model, "isa": isa, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
@@ -98,32 +97,59 @@ def timed(fn: Any, reps: int) -> float:
 
 def speeds(search: Any, queries: np.ndarray) -> dict[str, float]:
     """Queries/s at batch 1 and batch 64."""
-    b1 = timed(lambda: [search(queries[i : i + 1]) for i in range(20)], 1) / 20
+    b1 = timed(lambda: [search(queries[i : i + 1]) for i in range(10)], 3) / 10
     b64 = timed(lambda: search(queries[:64]), 3)
     return {"qps_batch1": 1 / b1, "qps_batch64": 64 / b64}
 
 
-def sweep(dims: list[int], precisions: list[str], oversamples: list[int]) -> list[tuple[int, str, int]]:
+Setting = tuple[int, str, int, str]  # shortlist dim, precision, oversample, engine
+
+
+def sweep(
+    dims: list[int], precisions: list[str], oversamples: list[int], engine: str = "onnxruntime"
+) -> list[Setting]:
     return [
-        (d, p, o) for d in dims for p in precisions for o in oversamples if not (p == "ubinary" and d % 8)
+        (d, p, o, engine)
+        for d in dims
+        for p in precisions
+        for o in oversamples
+        if not (p == "ubinary" and d % 8)
     ]
 
 
-def recall_table(settings: list[tuple[int, str, int]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def recall_table(settings: list[Setting]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     corpus, cv, _, qv = search_data.load()
     store = _scan.RowStore(384, "float32", [cv])
     _, ref = _scan.exact(store, qv, K, 384)
     rows = []
     built: dict[tuple[int, str], Index] = {}
-    for d, p, o in settings:
+    for d, p, o, e in settings:
         if (d, p) not in built:
             built.clear()
             built[(d, p)] = Index.from_embeddings(cv, shortlist_dim=d, shortlist_precision=p)
-        r = built[(d, p)].search(qv, K, oversample=o)
+        r = built[(d, p)].search(qv, K, oversample=o, engine=e)
         rows.append(
-            {"shortlist_dim": d, "precision": p, "oversample": o, "recall_at_10": recall(r.positions, ref)}
+            {
+                "shortlist_dim": d,
+                "precision": p,
+                "oversample": o,
+                "engine": e,
+                "recall_at_10": recall(r.positions, ref),
+            }
         )
-        print(f"recall  {d:>4} {p:<8} x{o:<3} {rows[-1]['recall_at_10']:.4f}", file=sys.stderr, flush=True)
+        print(
+            f"recall  {d:>4} {p:<8} x{o:<3} {e:<11} {rows[-1]['recall_at_10']:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
     return rows, {"corpus": len(corpus), "queries": len(qv)}
 
 
@@ -138,25 +164,10 @@ def labelled_quality() -> list[dict[str, Any]]:
         )
     ]
     cisi = search_data.SHARED / "retrieval" / "cisi"
-    if cisi.is_dir():
-        qs = [json.loads(x) for x in (cisi / "queries.jsonl").read_text(encoding="utf-8").splitlines()]
-        docs = [json.loads(x) for x in (cisi / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
-        qrels: dict[str, set[str]] = {}
-        for line in (cisi / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]:
-            qid, did, *_ = line.split("\t")
-            qrels.setdefault(qid, set()).add(did)
-        sets.append(
-            (
-                "CISI (shared/data/retrieval/cisi)",
-                _quality.RetrievalData(
-                    [q["_id"] for q in qs],
-                    [q["text"] for q in qs],
-                    [d["_id"] for d in docs],
-                    [(d.get("title", "") + " " + d["text"]).strip() for d in docs],
-                    qrels,
-                ),
-            )
-        )
+    if _quality.has_retrieval(cisi):
+        sets.append(("CISI (shared/data/retrieval/cisi)", _quality.load_retrieval(cisi)))
+    debian = REPO / "benchmarks" / "data" / "debian_desc"
+    sets.append(("Debian descriptions (benchmarks/data/debian_desc)", _quality.load_retrieval(debian)))
     out = []
     for name, data in sets:
         index = Index.build(emb, data.docs, ids=data.doc_ids)
@@ -176,7 +187,7 @@ def labelled_quality() -> list[dict[str, Any]]:
     return out
 
 
-def speed_tables(settings: list[tuple[int, str, int]], sizes: list[int]) -> dict[str, Any]:
+def speed_tables(settings: list[Setting], sizes: list[int]) -> dict[str, Any]:
     _, cv, _, qv = search_data.load()
     big = structured_million(cv, max(sizes))
     out: dict[str, Any] = {"pareto": [], "scaling": []}
@@ -199,14 +210,14 @@ def speed_tables(settings: list[tuple[int, str, int]], sizes: list[int]) -> dict
     except ImportError:
         out["faiss_flat"] = None
     built: dict[tuple[int, str], Index] = {}
-    for d, p, o in settings:
+    for d, p, o, e in settings:
         if (d, p) not in built:
             built.clear()
             built[(d, p)] = Index.from_embeddings(big, shortlist_dim=d, shortlist_precision=p)
         idx = built[(d, p)]
-        row = {"shortlist_dim": d, "precision": p, "oversample": o, "n": n}
-        row |= speeds(lambda q, idx=idx, o=o: idx.search(q, K, oversample=o), qv)
-        row["recall_at_10_synthetic"] = recall(idx.search(qv[:64], K, oversample=o).positions, ref)
+        row = {"shortlist_dim": d, "precision": p, "oversample": o, "engine": e, "n": n}
+        row |= speeds(lambda q, idx=idx, o=o, e=e: idx.search(q, K, oversample=o, engine=e), qv)
+        row["recall_at_10_synthetic"] = recall(idx.search(qv[:64], K, oversample=o, engine=e).positions, ref)
         row |= {"shortlist_bytes": idx.memory["shortlist"], "rerank_bytes": idx.memory["rerank"]}
         out["pareto"].append(row)
         print(f"speed {row}", file=sys.stderr, flush=True)
@@ -231,26 +242,36 @@ def speed_tables(settings: list[tuple[int, str, int]], sizes: list[int]) -> dict
     return out
 
 
+def _label(d: int, p: str, e: str) -> str:
+    return f"{d}-d {p}" + (" (faiss Hamming)" if e == "faiss" else "")
+
+
 def plot(result: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rec = {(r["shortlist_dim"], r["precision"], r["oversample"]): r["recall_at_10"] for r in result["recall"]}
+    rec = {_key(r): r["recall_at_10"] for r in result["recall"]}
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     markers = {"float16": "o", "int8": "s", "ubinary": "^"}
+    lines = sorted(
+        {
+            (r["shortlist_dim"], r["precision"], r.get("engine", "onnxruntime"))
+            for r in result["speed"]["pareto"]
+        }
+    )
     for ax, key, title in ((axes[0], "qps_batch64", "batch 64"), (axes[1], "qps_batch1", "batch 1")):
-        for d in sorted({r["shortlist_dim"] for r in result["speed"]["pareto"]}):
-            for p, m in markers.items():
-                pts = [
-                    (r[key], rec.get((d, p, r["oversample"])))
-                    for r in result["speed"]["pareto"]
-                    if r["shortlist_dim"] == d and r["precision"] == p
-                ]
-                pts = [(x, y) for x, y in pts if y is not None]
-                if pts:
-                    ax.plot(*zip(*pts, strict=True), marker=m, label=f"{d}-d {p}")
+        for d, p, e in lines:
+            pts = [
+                (r[key], rec.get(_key(r)))
+                for r in result["speed"]["pareto"]
+                if (r["shortlist_dim"], r["precision"], r.get("engine", "onnxruntime")) == (d, p, e)
+            ]
+            pts = [(x, y) for x, y in pts if y is not None]
+            if pts:
+                style = "--" if e == "faiss" else "-"
+                ax.plot(*zip(*pts, strict=True), marker=markers[p], linestyle=style, label=_label(d, p, e))
         for name, style in (("exact_numpy", "k--"), ("faiss_flat", "r:")):
             if result["speed"].get(name):
                 ax.axvline(result["speed"][name][key], color=style[0], linestyle=style[1:], label=name)
@@ -258,37 +279,119 @@ def plot(result: dict[str, Any]) -> None:
         ax.set_xlabel(f"queries/s at 1M ({title})")
         ax.set_title(f"funnel search, {title}")
         ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("recall@10 vs exact (real embeddings, 101,915 texts)")
-    axes[1].legend(fontsize=7, ncol=2, loc="lower left")
-    fig.suptitle(f"mrl-infer funnel: oversample 1..32 along each line; {result['machine']['cpu']}")
+    axes[0].set_ylabel(f"recall@10 vs exact (real embeddings, {result['recall_data']['corpus']:,} texts)")
+    axes[1].legend(fontsize=6, ncol=2, loc="lower left")
+    fig.suptitle(f"mrl-infer funnel: oversample grows along each line; {result['machine']['cpu']}")
     fig.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT, dpi=110)
 
 
+def _key(r: dict[str, Any]) -> tuple[int, str, int, str]:
+    return (r["shortlist_dim"], r["precision"], r["oversample"], r.get("engine", "onnxruntime"))
+
+
+def _mb(b: float) -> str:
+    return f"{b / 1e6:,.0f} MB" if b >= 1e6 else f"{b / 1e6:.1f} MB"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The Pareto, quality and scaling tables of a run, as docs/search.md shows them."""
+    m, sp = result["machine"], result["speed"]
+    ex = sp["exact_numpy"]
+    rec = {_key(r): r["recall_at_10"] for r in result["recall"]}
+    out = [
+        f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}), Python {m['python']}; "
+        f"`{result['command']}`, finished {result.get('finished', '?')}; load "
+        f"{result.get('load_before', '?')} -> {result.get('load_after', '?')}. Recall on "
+        f"{result['recall_data']['corpus']:,} real texts, {result['recall_data']['queries']:,} real queries; "
+        f"speed at {sp['pareto'][0]['n']:,} structured vectors (see the module docstring).",
+        "",
+        "| shortlist | engine | oversample | recall@10 (real) | q/s batch 1 | vs exact | q/s batch 64 "
+        "| vs exact | shortlist tier |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| exact numpy, 384-d float32 | - | - | 1 | {ex['qps_batch1']:.1f} | 1.0x | "
+        f"{ex['qps_batch64']:.1f} | 1.0x | {_mb(ex['ram_bytes'])} (all of it) |",
+    ]
+    if sp.get("faiss_flat"):
+        f = sp["faiss_flat"]
+        out.append(
+            f"| faiss IndexFlatIP 384-d ({f['faiss']}) | - | - | 1 | {f['qps_batch1']:.1f} | "
+            f"{f['qps_batch1'] / ex['qps_batch1']:.1f}x | {f['qps_batch64']:.1f} | "
+            f"{f['qps_batch64'] / ex['qps_batch64']:.1f}x | {_mb(f['ram_bytes'])} |"
+        )
+    for r in sp["pareto"]:
+        e = r.get("engine", "onnxruntime")
+        rc = rec.get(_key(r))
+        out.append(
+            f"| {r['shortlist_dim']}-d {r['precision']} | {e} | {r['oversample']} | "
+            f"{'n/m' if rc is None else f'{rc:.4f}'} | {r['qps_batch1']:.1f} | "
+            f"{r['qps_batch1'] / ex['qps_batch1']:.1f}x | {r['qps_batch64']:.1f} | "
+            f"{r['qps_batch64'] / ex['qps_batch64']:.1f}x | {_mb(r['shortlist_bytes'])} |"
+        )
+    speed_keys = {_key(r) for r in sp["pareto"]}
+    extra = [r for r in result["recall"] if _key(r) not in speed_keys]
+    if extra:
+        out += ["", "Recall only (not in the speed sweep):", ""]
+        out += ["| shortlist | engine | oversample | recall@10 (real) |", "|---|---|---|---|"]
+        out += [
+            f"| {r['shortlist_dim']}-d {r['precision']} | {r.get('engine', 'onnxruntime')} | "
+            f"{r['oversample']} | {r['recall_at_10']:.4f} |"
+            for r in extra
+        ]
+    out += ["", "| labelled set | queries | docs | nDCG@10 exact | nDCG@10 default funnel | difference |"]
+    out += ["|---|---|---|---|---|---|"]
+    out += [
+        f"| {q['set']} | {q['queries']:,} | {q['docs']:,} | {q['ndcg10_exact']:.2f} | "
+        f"{q['ndcg10_funnel']:.2f} | {q['ndcg10_funnel'] - q['ndcg10_exact']:+.2f} |"
+        for q in result["quality"]
+    ]
+    out += ["", "| N | exact q/s (b1 / b64) | default funnel q/s (b1 / b64) | shortlist tier | rerank tier | "
+            "float32 vectors |", "|---|---|---|---|---|---|"]  # fmt: skip
+    out += [
+        f"| {c['n']:,} | {c['exact']['qps_batch1']:.1f} / {c['exact']['qps_batch64']:.1f} | "
+        f"{c['funnel_default']['qps_batch1']:.1f} / {c['funnel_default']['qps_batch64']:.1f} | "
+        f"{_mb(c['shortlist_bytes'])} | {_mb(c['rerank_bytes'])} | {_mb(c['float32_bytes'])} |"
+        for c in sp["scaling"]
+    ]
+    return "\n".join(out) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a small sweep at 100k (smoke run)")
+    ap.add_argument("--markdown", type=Path, help="only re-render the tables of this results JSON")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))), end="")
+        return 0
     if args.quick:
         settings = sweep([64, 128], ["int8"], [4, 32])
         sizes = [10_000, 100_000]
     else:
         settings = sweep([16, 32, 64, 128], ["float16", "int8", "ubinary"], [1, 2, 4, 8, 16, 32])
+        # long sign-bit prefixes: asymmetric scan, and Hamming in faiss (the [faiss] extra)
+        settings += sweep([256, 384], ["ubinary"], [4, 8, 16, 32])
         sizes = [10_000, 100_000, 1_000_000]
+    if _faiss_available():
+        settings += sweep([128, 256, 384], ["ubinary"], [16, 32, 64, 128], engine="faiss")
     result: dict[str, Any] = {
         "machine": machine(),
         "k": K,
         "command": "python -m benchmarks.search" + (" --quick" if args.quick else ""),
+        "load_before": round(os.getloadavg()[0], 2),
     }
     result["recall"], result["recall_data"] = recall_table(settings)
     result["quality"] = labelled_quality()
     result["speed"] = speed_tables(settings, sizes)
+    result["load_after"] = round(os.getloadavg()[0], 2)
+    result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if not args.quick:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        RESULTS.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
         plot(result)
-    print(json.dumps(result, indent=1))
+    print(markdown(result))
     return 0
 
 
