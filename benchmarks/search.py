@@ -242,6 +242,61 @@ def speed_tables(settings: list[Setting], sizes: list[int]) -> dict[str, Any]:
     return out
 
 
+def ten_million(work: Path, n: int = 10_000_000) -> dict[str, Any]:
+    """Exact numpy vs the default funnel at ``n`` rows, the funnel saved and memory-mapped as users run it.
+
+    Exact numpy holds the float32 vectors in RAM (15.4 GB at 10M); they are freed before the index is
+    built from a float16 copy on disk in 500k-row steps, saved, and loaded back memory-mapped.
+    """
+    import gc
+    import resource
+    import shutil
+
+    _, cv, _, qv = search_data.load()
+    big = structured_million(cv, n, seed=1)
+    store = _scan.RowStore(384, "float32", [big])
+    out: dict[str, Any] = {"n": n, "float32_bytes": big.nbytes}
+    out["exact"] = speeds(lambda q, st=store: _scan.exact(st, q, K, 384), qv)
+    _, ref = _scan.exact(store, qv[:64], K, 384)
+    print(f"10M exact {out['exact']}", file=sys.stderr, flush=True)
+    work.mkdir(parents=True, exist_ok=True)
+    half = np.lib.format.open_memmap(work / "vectors_f16.npy", "w+", np.float16, big.shape)
+    for s0 in range(0, n, 500_000):
+        half[s0 : s0 + 500_000] = big[s0 : s0 + 500_000]
+    half.flush()
+    del store, big, half
+    gc.collect()
+    half = np.load(work / "vectors_f16.npy", mmap_mode="r")
+    index = Index(384)
+    index.add_tier(256, "ubinary")
+    for s0 in range(0, n, 500_000):
+        index.add(np.asarray(half[s0 : s0 + 500_000], dtype=np.float32))
+    target = work / "index"
+    if target.exists():
+        shutil.rmtree(target)
+    index.save(target)
+    del index, half
+    gc.collect()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    index = Index.load(target)
+    out["default"] = speeds(lambda q: index.search(q, K), qv)
+    out["default"]["recall_at_10_synthetic"] = recall(index.search(qv[:64], K).positions, ref)
+    print(f"10M default {out['default']}", file=sys.stderr, flush=True)
+    if _faiss_available():
+        fa = {"shortlist_dim": 256, "shortlist_precision": "ubinary", "oversample": 128, "engine": "faiss"}
+        out["faiss_256_x128"] = speeds(lambda q: index.search(q, K, **fa), qv)
+        out["faiss_256_x128"]["recall_at_10_synthetic"] = recall(
+            index.search(qv[:64], K, **fa).positions, ref
+        )
+        print(f"10M faiss {out['faiss_256_x128']}", file=sys.stderr, flush=True)
+    out["shortlist_bytes"] = index.tier_bytes[(128, "int8")]
+    out["ubinary256_bytes"] = index.tier_bytes[(256, "ubinary")]
+    out["rerank_bytes"] = index.memory["rerank"]
+    out["max_rss_before_load_kb"] = rss0
+    out["disk_bytes"] = sum(f.stat().st_size for f in target.iterdir())
+    return out
+
+
 def _label(d: int, p: str, e: str) -> str:
     return f"{d}-d {p}" + (" (faiss Hamming)" if e == "faiss" else "")
 
@@ -354,6 +409,23 @@ def markdown(result: dict[str, Any]) -> str:
         f"{_mb(c['shortlist_bytes'])} | {_mb(c['rerank_bytes'])} | {_mb(c['float32_bytes'])} |"
         for c in sp["scaling"]
     ]
+    t = sp.get("ten_million")
+    if t:
+        out.append(
+            f"| {t['n']:,} (index memory-mapped) | {t['exact']['qps_batch1']:.1f} / "
+            f"{t['exact']['qps_batch64']:.1f} | {t['default']['qps_batch1']:.1f} / "
+            f"{t['default']['qps_batch64']:.1f} | {_mb(t['shortlist_bytes'])} | {_mb(t['rerank_bytes'])} | "
+            f"{_mb(t['float32_bytes'])} |"
+        )
+        if "faiss_256_x128" in t:
+            f = t["faiss_256_x128"]
+            out += [
+                "",
+                f"At {t['n']:,}: 256-d ubinary x128 with engine='faiss' gives {f['qps_batch1']:.1f} / "
+                f"{f['qps_batch64']:.1f} q/s (b1 / b64), {_mb(t['ubinary256_bytes'])} tier; synthetic "
+                f"recall@10 {f['recall_at_10_synthetic']:.3f} (default "
+                f"{t['default']['recall_at_10_synthetic']:.3f}); load {t['load'][0]} -> {t['load'][1]}.",
+            ]
     return "\n".join(out) + "\n"
 
 
@@ -361,9 +433,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a small sweep at 100k (smoke run)")
     ap.add_argument("--markdown", type=Path, help="only re-render the tables of this results JSON")
+    ap.add_argument(
+        "--ten-million",
+        type=Path,
+        metavar="WORK_DIR",
+        help="only the 10M row (needs ~16 GB RAM, ~25 GB in WORK_DIR), added to the results JSON",
+    )
     args = ap.parse_args()
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))), end="")
+        return 0
+    if args.ten_million:
+        result = json.loads(RESULTS.read_text(encoding="utf-8"))
+        load0 = round(os.getloadavg()[0], 2)
+        result["speed"]["ten_million"] = ten_million(args.ten_million) | {
+            "load": [load0, round(os.getloadavg()[0], 2)],
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
+        RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        RESULTS.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+        print(markdown(result))
         return 0
     if args.quick:
         settings = sweep([64, 128], ["int8"], [4, 32])

@@ -21,7 +21,7 @@ search; times in milliseconds, 3 decimals; ``embed_ms`` is tokenization + the ba
 
     {"object": "index", "count": n, "dim": 384, "tiers": [{"dim", "precision", "bytes"}, ...],
      "default_tier": {"dim", "precision"}, "rerank": {"dim", "precision", "bytes"},
-     "oversample": 32, "model": name}
+     "oversample": 48, "model": name}
 """
 
 from __future__ import annotations
