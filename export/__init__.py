@@ -47,8 +47,13 @@ def export(
     show_progress: bool = True,
     pooling: str | None = None,
     validation_data: str | os.PathLike[str] | None = None,
+    preoptimize: bool = False,
 ) -> dict[str, Any]:
     """Export ``source`` (model dir or Hub id) to the mrl-infer model directory ``out_dir``.
+
+    ``preoptimize``: save the CPU variants (fp32, int8) with onnxruntime's extended graph optimizations
+    applied and mark them ``graph_optimization: "extended"``, so that sessions skip the optimizers
+    (same embeddings, faster session creation; tied to the onnxruntime version that wrote them).
 
     Returns the manifest as a dict. Raises :class:`ExportError` on a bad source, an unsupported model, or
     an fp32 graph whose min cosine against PyTorch is below 0.99999 (or whose max abs diff exceeds
@@ -100,6 +105,7 @@ def export(
             show_progress=show_progress,
             pooling=pooling,
             validation_data=validation_data,
+            preoptimize=preoptimize,
             started=started,
             exported_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -323,6 +325,43 @@ def quantize_int8(
 
         note += "; " + gatherquant_file(dst, dst, external=external)
     return note
+
+
+def preoptimize_cpu(path: Path, external: bool = False) -> str:
+    """Rewrite ``path`` with onnxruntime's extended CPU graph optimizations applied; returns a note.
+
+    A CPU session of the result can skip the optimizers (the manifest's ``graph_optimization:
+    "extended"``): the same numbers, and session creation no longer pays for optimizing a graph of
+    a thousand small nodes (the per-row int8 graph: 41-64 ms instead of 68-146 ms). Extended, not
+    all: onnxruntime's layout level is hardware-specific, its extended fusions are not.
+    """
+    import onnxruntime as ort
+
+    work = path.parent / f".{path.name}.preopt"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(work / path.name)
+        so.log_severity_level = 3
+        if external:
+            so.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", path.name + ".data"
+            )
+            so.add_session_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+            )
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        for name in uses_external_data(path):
+            (path.parent / name).unlink()
+        for f in work.iterdir():
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return (
+        f"graph pre-optimized by onnxruntime {ort.__version__} (ORT_ENABLE_EXTENDED, CPU execution provider)"
+    )
 
 
 def convert_fp16(src: Path, dst: Path, external: bool = False) -> str:

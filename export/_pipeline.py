@@ -45,6 +45,7 @@ def run_export(
     validation_data: str | os.PathLike[str] | None,
     started: float,
     exported_at: str,
+    preoptimize: bool = False,
 ) -> dict[str, Any]:
     """Write a complete model directory into ``work``; returns the manifest dict."""
     import torch
@@ -213,6 +214,11 @@ def run_export(
         if "fp32" not in variants:
             fp32_path.unlink()
             fp32_path.with_name(fp32_path.name + ".data").unlink(missing_ok=True)
+        preoptimized = {v for v in variants if preoptimize and targets[v] == "cpu"}
+        for v in sorted(preoptimized):  # after quantizing: the quantizer reads the plain fp32 graph
+            notes[v] += "; " + _onnx.preoptimize_cpu(
+                work / files[v], bool(_onnx.uses_external_data(work / files[v]))
+            )
 
         # 7. verification
         parity: dict[str, dict[str, Any]] = {v: {} for v in variants}
@@ -259,6 +265,7 @@ def run_export(
                 external_data=external[v],
                 # the graph's sha256 covers only the .onnx file: hash its weights files too
                 external_data_sha256={n: _metadata.sha256_file(work / n) for n in external[v]},
+                graph_optimization="extended" if v in preoptimized else None,
             )
             for v in variants
         }

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimize", default=DEFAULT_OPTIMIZE, choices=OPTIMIZE_LEVELS, help="fp32 graph optimization"
     )
     p.add_argument("--quantize", default="auto", choices=QUANTIZE_TARGETS, help="int8 target CPU ISA")
+    p.add_argument(
+        "--preoptimize",
+        action="store_true",
+        help="save the CPU graphs pre-optimized by onnxruntime, so sessions skip the optimizers "
+        "(same embeddings, faster start; tied to this onnxruntime version)",
+    )
     p.add_argument("--dims", type=_int_list, help="Matryoshka dims, e.g. 768,512,256,128,64")
     p.add_argument("--max-seq-length", type=int, help="override the model's max sequence length")
     p.add_argument(
@@ -120,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 show_progress=not args.quiet,
                 pooling=args.pooling,
                 validation_data=args.validation_data,
+                preoptimize=args.preoptimize,
             )
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in {m.split(".")[0] for m, _ in EXPORT_MODULES}:

@@ -381,6 +381,26 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- ship
 
 
+def preoptimize_shipped(model_dir: Path, variant: dict[str, Any]) -> dict[str, Any]:
+    """The manifest entry of ``variant`` after its file in ``model_dir`` is pre-optimized for CPU
+    (``mrl_export._onnx.preoptimize_cpu``): new digests, ``graph_optimization: "extended"``."""
+    from mrl_export._onnx import preoptimize_cpu, uses_external_data
+
+    from mrl_infer._integrity import sha256_file
+
+    path = model_dir / variant["file"]
+    note = preoptimize_cpu(path, external=bool(variant.get("external_data")))
+    data = uses_external_data(path)
+    return dict(
+        variant,
+        sha256=sha256_file(path),
+        external_data=data,
+        external_data_sha256={n: sha256_file(model_dir / n) for n in data},
+        graph_optimization="extended",
+        notes=f"{variant.get('notes') or ''}; {note}".lstrip("; "),
+    )
+
+
 def ship(args: argparse.Namespace) -> dict[str, Any]:
     """Export a trained model, store reference embeddings for the tests, install the chosen variant.
 
@@ -467,6 +487,8 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
                 external_data_sha256={data_name: sha256_file(dest / data_name)},
             )
         }
+    if args.preoptimize:
+        shipped["variants"] = {args.variant: preoptimize_shipped(dest, shipped["variants"][args.variant])}
     np.save(REPO / "tests/data/default_model_reference_emb.npy", ref)
     (REPO / "tests/data/default_model_reference.json").write_text(
         json.dumps(
@@ -550,6 +572,12 @@ def main(argv: list[str] | None = None) -> None:
         dest="external_data",
         action="store_false",
         help="ship the weights inside the .onnx file (default: beside it, as ONNX external data)",
+    )
+    ap.add_argument(
+        "--no-preoptimize",
+        dest="preoptimize",
+        action="store_false",
+        help="ship the graph as exported (default: pre-optimized by onnxruntime, so sessions skip it)",
     )
     ap.add_argument("--name", default="mrl-infer/minilm-l6-mrl-default")
     args = ap.parse_args(argv)

@@ -212,15 +212,16 @@ class Embedder:
         self.dim: int = self._check_dim(dim)
         self._tokenizer = TextTokenizer(model_dir, manifest.tokenizer, self.max_seq_length)
         path = model_dir / manifest.variants[variant_name].file
+        preopt = manifest.variants[variant_name].graph_optimization == "extended"
         if verify_enabled(verify):
             verify_variant(model_dir, manifest.variants[variant_name])
         try:
-            self._session = OnnxSession(path, kind, device_id, threads, session_config)
+            self._session = OnnxSession(path, kind, device_id, threads, session_config, preopt)
         except DeviceError:
             if reason.startswith("auto"):
                 logger.warning("CUDA is available but failed to start; auto falls back to CPU")
                 kind, reason = "cpu", "auto: CUDA failed to start"
-                self._session = OnnxSession(path, kind, device_id, threads, session_config)
+                self._session = OnnxSession(path, kind, device_id, threads, session_config, preopt)
             else:
                 raise
         self._device_reason = reason

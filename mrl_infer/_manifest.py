@@ -49,6 +49,14 @@ class Variant:
     # sha256 of each external-data file (name -> hex): the graph's ``sha256`` covers only the .onnx
     # file, so without these the weights of an external-data model are not verified.
     external_data_sha256: dict[str, str] = field(default_factory=dict)
+    # "extended": the file already holds onnxruntime's extended CPU graph optimizations (written by
+    # ``mrl-export --preoptimize``), so a CPU session skips the optimizers (faster session creation,
+    # the same numbers); None: the runtime optimizes the graph when it loads it.
+    graph_optimization: str | None = None
+
+
+#: Values of ``Variant.graph_optimization`` besides None.
+GRAPH_OPTIMIZATIONS = ("extended",)
 
 
 @dataclass
@@ -79,6 +87,8 @@ class Manifest:
         for v in data["variants"].values():
             if not v["external_data_sha256"]:
                 del v["external_data_sha256"]  # optional: absent rather than empty
+            if v["graph_optimization"] is None:
+                del v["graph_optimization"]
         return data
 
     @property
@@ -136,6 +146,12 @@ def parse_manifest(data: dict[str, Any], path: Path) -> Manifest:
             raise ModelFormatError(
                 f"{path}: variants.{name}.external_data_sha256 names {unlisted}, not in its external_data"
             )
+        graph_opt = v.get("graph_optimization")
+        if graph_opt is not None and graph_opt not in GRAPH_OPTIMIZATIONS:
+            raise ModelFormatError(
+                f"{path}: variants.{name}.graph_optimization is {graph_opt!r}, expected one of "
+                f"{GRAPH_OPTIMIZATIONS} or absent"
+            )
         variants[name] = Variant(
             file=v["file"],
             precision=precision,
@@ -145,6 +161,7 @@ def parse_manifest(data: dict[str, Any], path: Path) -> Manifest:
             notes=v.get("notes"),
             external_data=external,
             external_data_sha256=dict(digests),
+            graph_optimization=graph_opt,
         )
     dims = data.get("matryoshka_dims")
     if dims is not None:
