@@ -249,7 +249,6 @@ def ten_million(work: Path, n: int = 10_000_000) -> dict[str, Any]:
     built from a float16 copy on disk in 500k-row steps, saved, and loaded back memory-mapped.
     """
     import gc
-    import resource
     import shutil
 
     _, cv, _, qv = search_data.load()
@@ -277,7 +276,6 @@ def ten_million(work: Path, n: int = 10_000_000) -> dict[str, Any]:
     index.save(target)
     del index, half
     gc.collect()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     index = Index.load(target)
     out["default"] = speeds(lambda q: index.search(q, K), qv)
     out["default"]["recall_at_10_synthetic"] = recall(index.search(qv[:64], K).positions, ref)
@@ -292,7 +290,6 @@ def ten_million(work: Path, n: int = 10_000_000) -> dict[str, Any]:
     out["shortlist_bytes"] = index.tier_bytes[(128, "int8")]
     out["ubinary256_bytes"] = index.tier_bytes[(256, "ubinary")]
     out["rerank_bytes"] = index.memory["rerank"]
-    out["max_rss_before_load_kb"] = rss0
     out["disk_bytes"] = sum(f.stat().st_size for f in target.iterdir())
     return out
 

@@ -216,9 +216,7 @@ def run_export(
             fp32_path.with_name(fp32_path.name + ".data").unlink(missing_ok=True)
         preoptimized = {v for v in variants if preoptimize and targets[v] == "cpu"}
         for v in sorted(preoptimized):  # after quantizing: the quantizer reads the plain fp32 graph
-            notes[v] += "; " + _onnx.preoptimize_cpu(
-                work / files[v], bool(_onnx.uses_external_data(work / files[v]))
-            )
+            notes[v] += "; " + _onnx.preoptimize_cpu(work / files[v], external)
 
         # 7. verification
         parity: dict[str, dict[str, Any]] = {v: {} for v in variants}
