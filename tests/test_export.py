@@ -732,3 +732,24 @@ def test_export_int8_row_activations_from_env(
     monkeypatch.setenv("MRL_EXPORT_INT8_ACTIVATIONS", "per-token")
     with pytest.raises((ValueError, ExportError), match="per-token"):
         mrl_export.export(tiny_bert, tmp_path / "bad", variants=("int8",), dims=[32], show_progress=False)
+
+
+def test_cli_preoptimize_marks_cpu_variants_and_keeps_embeddings(tmp_path: Path, tiny_bert: Path) -> None:
+    import onnxruntime as ort
+
+    from mrl_infer import Embedder
+
+    plain, pre = tmp_path / "plain", tmp_path / "pre"
+    assert main([str(tiny_bert), str(plain), "--variants", "fp32,int8", "--dims", "32,16", "-q"]) == 0
+    args = [str(tiny_bert), str(pre), "--variants", "fp32,int8", "--dims", "32,16", "-q", "--preoptimize"]
+    assert main(args) == 0
+    manifest = json.loads((pre / "mrl_infer.json").read_text(encoding="utf-8"))
+    assert {v["graph_optimization"] for v in manifest["variants"].values()} == {"extended"}
+    assert "graph_optimization" not in (plain / "mrl_infer.json").read_text(encoding="utf-8")
+    texts = ["a short text", "another, somewhat longer text about something else", "x"]
+    for variant in ("fp32", "int8"):
+        a = Embedder(plain, variant=variant, device="cpu")
+        b = Embedder(pre, variant=variant, device="cpu")
+        level = b._session.session.get_session_options().graph_optimization_level
+        assert level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        np.testing.assert_allclose(b.encode(texts), a.encode(texts), atol=1e-5)
