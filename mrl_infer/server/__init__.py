@@ -21,7 +21,9 @@ EXTRA_HINT = "pip install 'mrl-infer[server]'"
 def require_extra() -> None:
     """Raise ImportError naming the ``[server]`` extra if one of its packages is missing."""
     missing = [
-        m for m in ("starlette", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None
+        m
+        for m in ("starlette", "uvicorn", "prometheus_client", "orjson")
+        if importlib.util.find_spec(m) is None
     ]
     if missing:
         raise ImportError(f"mrl_infer.server needs {', '.join(missing)}: {EXTRA_HINT}")

@@ -38,7 +38,7 @@ from mrl_infer.server._errors import (
     error_response,
 )
 from mrl_infer.server._metrics import Metrics
-from mrl_infer.server._schemas import build_response, parse_request
+from mrl_infer.server._schemas import build_response, parse_request, render_json
 from mrl_infer.server._search import search_routes
 
 logger = logging.getLogger("mrl_infer.server")
@@ -249,7 +249,11 @@ def _embeddings_route(state: AppState) -> Callable[[Request], Any]:
         request.state.log = (
             f" inputs={req.n} tokens={tok.num_tokens} dim={req.dim} truncated={tok.num_truncated}"
         )
-        return JSONResponse(payload, headers={TRUNCATED_HEADER: str(tok.num_truncated)})
+        return Response(
+            render_json(payload),
+            media_type="application/json",
+            headers={TRUNCATED_HEADER: str(tok.num_truncated)},
+        )
 
     return embeddings
 

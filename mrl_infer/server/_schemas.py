@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from mrl_infer._precision import quantize_embeddings
 from mrl_infer.server._errors import RequestError
@@ -141,19 +142,27 @@ def parse_request(
     return EmbeddingsRequest(texts, ids, model, int(dim), encoding_format, precision, prompt_name)
 
 
-def _encode_row(row: np.ndarray, encoding_format: str, precision: str) -> list[float] | list[int] | str:
+def _encode_row(row: np.ndarray, encoding_format: str) -> np.ndarray | str:
     if encoding_format == "base64":
         # Little-endian, the dtype of the precision (float32: exactly what openai-python decodes).
         return base64.b64encode(row.astype(row.dtype.newbyteorder("<"), copy=False).tobytes()).decode("ascii")
-    if precision in ("float32", "float16"):
-        return row.astype(np.float64).tolist()
-    return row.astype(np.int64).tolist()
+    return np.ascontiguousarray(row)  # render_json writes it as a JSON array
+
+
+def render_json(payload: Any) -> bytes:
+    """JSON bytes of a response body whose embeddings may be numpy rows.
+
+    orjson writes a float32 (or float16) row as the shortest decimals that read back to exactly that
+    value, as TEI does: about 40% fewer bytes than Python's float repr, and 20x less event-loop time
+    (32 x 384 floats: 0.27 ms against 5.3 ms for json.dumps of ``tolist()``, docs/server.md).
+    """
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def build_response(
     vectors: np.ndarray, req: EmbeddingsRequest, model: str, prompt_tokens: int
 ) -> dict[str, Any]:
-    """OpenAI's response body; ``vectors`` are float32 ``[n, dim]``, unit-norm."""
+    """OpenAI's response body (for :func:`render_json`); ``vectors`` are float32 ``[n, dim]``, unit-norm."""
     out = vectors if req.precision == "float32" else quantize_embeddings(vectors, req.precision)
     return {
         "object": "list",
@@ -161,7 +170,7 @@ def build_response(
             {
                 "object": "embedding",
                 "index": i,
-                "embedding": _encode_row(row, req.encoding_format, req.precision),
+                "embedding": _encode_row(row, req.encoding_format),
             }
             for i, row in enumerate(out)
         ],
