@@ -334,3 +334,22 @@ def test_serve_ort_spinning_switch_reaches_the_session() -> None:
     default = build_parser().parse_args(["serve"])
     with load_embedder(default) as emb, pytest.raises(RuntimeError, match=key):  # unset: ORT's default
         emb._session.session.get_session_options().get_session_config_entry(key)
+
+
+def test_serve_splits_the_cores_between_parallel_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU: one single-threaded model call per physical core unless told otherwise; GPU: one call."""
+    from mrl_infer import _session
+    from mrl_infer.cli import build_parser
+    from mrl_infer.server._cli import configs_from_args, load_embedder, parallelism
+
+    monkeypatch.setattr(_session, "physical_cores", lambda: 4)
+    parse = build_parser().parse_args
+    assert parallelism(parse(["serve"]), False) == (1, 4)
+    assert parallelism(parse(["serve", "--threads", "2"]), False) == (2, 2)
+    assert parallelism(parse(["serve", "--threads", "8"]), False) == (8, 1)
+    assert parallelism(parse(["serve", "--parallel-calls", "1"]), False) == (4, 1)
+    assert parallelism(parse(["serve", "--parallel-calls", "3", "--threads", "2"]), False) == (2, 3)
+    assert parallelism(parse(["serve"]), True) == (None, 1)
+    assert configs_from_args(parse(["serve"]), False).batching.parallel_calls == 4
+    with load_embedder(parse(["serve", "--device", "cpu"])) as emb:
+        assert emb._session.threads == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import threading
 import time
 from collections.abc import Sequence
 from typing import ClassVar
@@ -57,9 +58,10 @@ async def _with_batcher(run: FakeRun, cfg: BatchConfig, body):
         await b.stop()
 
 
-def test_results_routed_to_their_requests() -> None:
+@pytest.mark.parametrize("parallel_calls", [1, 3])
+def test_results_routed_to_their_requests(parallel_calls: int) -> None:
     run = FakeRun()
-    cfg = BatchConfig(max_batch_size=8, max_batch_tokens=64, max_wait_ms=1)
+    cfg = BatchConfig(max_batch_size=8, max_batch_tokens=64, max_wait_ms=1, parallel_calls=parallel_calls)
 
     async def body(b: Batcher[int]) -> None:
         reqs = [list(range(i * 100, i * 100 + 1 + i % 7)) for i in range(40)]
@@ -209,11 +211,13 @@ def test_a_failed_model_call_fails_only_its_requests() -> None:
     _run(_with_batcher(run, cfg, body))
 
 
-def test_stop_finishes_admitted_requests_and_refuses_new_ones() -> None:
+@pytest.mark.parametrize("parallel_calls", [1, 2])
+def test_stop_finishes_admitted_requests_and_refuses_new_ones(parallel_calls: int) -> None:
     run = FakeRun(delay=0.01)
 
     async def body() -> None:
-        b: Batcher[int] = Batcher(run, BatchConfig(max_batch_size=2, max_wait_ms=0))
+        cfg = BatchConfig(max_batch_size=2, max_wait_ms=0, parallel_calls=parallel_calls)
+        b: Batcher[int] = Batcher(run, cfg)
         await b.start()
         futs = [b.submit([i, i + 1000], [2, 2]) for i in range(5)]
         await b.stop()
@@ -225,7 +229,50 @@ def test_stop_finishes_admitted_requests_and_refuses_new_ones() -> None:
     _run(body())
 
 
+class CountingRun(FakeRun):
+    """A FakeRun that records the most calls that ran at the same time."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+
+    def __call__(self, items: list[int]) -> np.ndarray:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            return super().__call__(items)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("parallel_calls", [1, 2, 4])
+def test_parallel_calls_run_at_once_up_to_the_limit(parallel_calls: int) -> None:
+    run = CountingRun(delay=0.02)
+    cfg = BatchConfig(max_batch_size=2, max_wait_ms=0, parallel_calls=parallel_calls)
+
+    async def body(b: Batcher[int]) -> None:
+        reqs = [list(range(i * 10, i * 10 + 4)) for i in range(6)]  # 24 inputs: 12 calls of 2
+        outs = await asyncio.gather(*(b.embed(r, [3] * 4) for r in reqs))
+        for r, out in zip(reqs, outs, strict=True):
+            np.testing.assert_array_equal(out[:, 0], np.asarray(r, dtype=np.float32))
+        # a request that arrives while every worker is busy starts as soon as one is free
+        late = await b.embed([999], [1])
+        assert late[0, 0] == 999
+
+    _run(_with_batcher(run, cfg, body))
+    assert run.most == parallel_calls
+    assert sorted(x for batch in run.batches for x in batch) == sorted(
+        [x for i in range(6) for x in range(i * 10, i * 10 + 4)] + [999]
+    )
+
+
 def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="parallel_calls"):
+        BatchConfig(parallel_calls=0)
     with pytest.raises(ValueError, match="max_batch_size"):
         BatchConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="max_wait_ms"):

@@ -7,8 +7,9 @@ A scheduling round takes up to ``max_step_inputs`` inputs round-robin from the w
 cannot starve short ones. The round is then sorted by length and cut into model calls by
 ``plan_calls``: the cuts that minimize padded tokens plus a fixed cost per call, within
 ``encode``'s count and token caps. (A round of requests has mixed lengths, unlike ``encode``'s
-sorted stream, so padding to the longest is the main loss.) Model calls run one at a time in a
-single worker thread; rows of cancelled requests are skipped.
+sorted stream, so padding to the longest is the main loss.) Up to ``parallel_calls`` model calls
+run at once, each in a worker thread of its own; a new round is planned as soon as a worker is
+free and the last round's calls have all started. Rows of cancelled requests are skipped.
 
 The backend call ``run_batch(items) -> float32 [n, D]`` returns full-width rows: Matryoshka truncation
 happens per request afterwards, so requests for different dims share model calls.
@@ -147,7 +148,9 @@ class Batcher(Generic[T]):
     async def start(self) -> None:
         """Start the worker (call from the event loop that will submit)."""
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrl-infer-batcher")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._cfg.parallel_calls, thread_name_prefix="mrl-infer-batcher"
+        )
         self._task = asyncio.create_task(self._loop(), name="mrl-infer-batcher")
 
     async def stop(self) -> None:
@@ -202,20 +205,39 @@ class Batcher(Generic[T]):
 
     # ------------------------------------------------------------------ worker
     async def _loop(self) -> None:
+        """Keep up to ``parallel_calls`` model calls in flight; plan a new round when a slot is free and
+        the last round's calls have all started, so new requests join the next call that starts."""
         assert self._wake is not None
+        slots = self._cfg.parallel_calls
+        inflight: set[asyncio.Task[None]] = set()
+        pending: deque[list[tuple[_Request[T], int]]] = deque()  # planned calls not yet started
         while True:
-            while self._active and self._active[0].future.done():
-                self._active.popleft()
-            if not self._active:
-                if self._closing:
+            self._wake.clear()  # before looking at the queue: a submit from now on sets it again
+            while len(inflight) < slots:
+                if not pending:
+                    if not inflight and self._active:
+                        await self._short_wait()
+                    round_ = self._select()
+                    if not round_:
+                        break
+                    pending.extend(self._plan(round_))
+                call = [x for x in pending.popleft() if not x[0].future.done()]
+                if call:
+                    inflight.add(asyncio.create_task(self._call(call, len(inflight) + 1)))
+            if not inflight:
+                if self._closing and not self._active and not pending:
                     return
-                self._wake.clear()
                 await self._wake.wait()
                 continue
-            await self._short_wait()
-            round_ = self._select()
-            if round_:
-                await self._run_round(round_)
+            waits: set[asyncio.Future[Any]] = set(inflight)
+            wake = None
+            if len(inflight) < slots:  # a free slot: new requests may start a call at once
+                wake = asyncio.ensure_future(self._wake.wait())
+                waits.add(wake)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if wake is not None and not wake.done():
+                wake.cancel()
+            inflight.difference_update(done)  # type: ignore[arg-type]
 
     async def _short_wait(self) -> None:
         """With the model idle and few inputs waiting, wait until the oldest has waited max_wait_ms."""
@@ -245,27 +267,30 @@ class Batcher(Generic[T]):
                 self._active.append(req)
         return round_
 
-    async def _run_round(self, round_: list[tuple[_Request[T], int]]) -> None:
-        loop = asyncio.get_running_loop()
+    def _plan(self, round_: list[tuple[_Request[T], int]]) -> list[list[tuple[_Request[T], int]]]:
+        """The round sorted longest first and cut into model calls by ``plan_calls``."""
         lengths = np.array([req.lengths[j] for req, j in round_], dtype=np.int64)
         order = np.argsort(-lengths, kind="stable")
         cfg = self._cfg
-        for start, stop in plan_calls(lengths[order], cfg.max_batch_size, cfg.token_budget, cfg.call_tokens):
-            chosen = [round_[k] for k in order[start:stop] if not round_[k][0].future.done()]
-            if not chosen:
-                continue
-            items = [req.items[j] for req, j in chosen]
-            t0 = time.perf_counter()
-            try:
-                out = await loop.run_in_executor(self._executor, self._run, items)
-            except Exception as exc:
-                await self._isolate_failure(chosen, exc)
-                continue
-            seconds = time.perf_counter() - t0
-            self._obs.on_batch(len(items), len(items) * int(lengths[order[start]]), seconds)
-            rate = len(items) / max(seconds, 1e-6)
-            self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
-            self._scatter(chosen, out)
+        cuts = plan_calls(lengths[order], cfg.max_batch_size, cfg.token_budget, cfg.call_tokens)
+        return [[round_[k] for k in order[start:stop]] for start, stop in cuts]
+
+    async def _call(self, chosen: list[tuple[_Request[T], int]], busy: int) -> None:
+        """One model call in the worker threads (``busy``: calls in flight with it); scatter its rows."""
+        loop = asyncio.get_running_loop()
+        items = [req.items[j] for req, j in chosen]
+        t0 = time.perf_counter()
+        try:
+            out = await loop.run_in_executor(self._executor, self._run, items)
+        except Exception as exc:
+            await self._isolate_failure(chosen, exc)
+            return
+        seconds = time.perf_counter() - t0
+        longest = int(chosen[0][0].lengths[chosen[0][1]])
+        self._obs.on_batch(len(items), len(items) * longest, seconds)
+        rate = busy * len(items) / max(seconds, 1e-6)
+        self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
+        self._scatter(chosen, out)
 
     async def _isolate_failure(self, chosen: list[tuple[_Request[T], int]], exc: Exception) -> None:
         """A model call failed: rerun each request's rows alone, so only the failing requests fail."""

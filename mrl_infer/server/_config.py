@@ -42,6 +42,10 @@ class BatchConfig:
         max_queue: admitted inputs not yet embedded; a request that would exceed it is refused (429).
         call_tokens: the cost of one more model call, in padded tokens; a round is cut into the
             calls that minimize padded tokens plus this per call (``_batcher.plan_calls``).
+        parallel_calls: model calls run at once, each in its own worker thread (``run_batch`` must be
+            thread-safe, as an ONNX Runtime session is). On CPU, ``mrl-embed serve`` runs one call per
+            physical core with one ONNX Runtime thread each (docs/server.md): a call then never waits
+            for a thread that the event loop has preempted, and small calls lose less to threading.
     """
 
     max_batch_size: int = DEFAULT_BATCH_SIZE
@@ -50,10 +54,14 @@ class BatchConfig:
     max_wait_ms: float = 0.0
     max_queue: int = 8192
     call_tokens: int = DEFAULT_CALL_TOKENS
+    parallel_calls: int = 1
 
     def __post_init__(self) -> None:
         _check_positive(
-            max_batch_size=self.max_batch_size, max_step_inputs=self.max_step_inputs, max_queue=self.max_queue
+            max_batch_size=self.max_batch_size,
+            max_step_inputs=self.max_step_inputs,
+            max_queue=self.max_queue,
+            parallel_calls=self.parallel_calls,
         )
         if self.call_tokens < 0:
             raise ValueError(f"call_tokens must be >= 0, got {self.call_tokens}")
