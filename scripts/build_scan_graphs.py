@@ -4,6 +4,9 @@ Each graph scores one chunk of the shortlist tier against a batch of queries and
 top ``kk`` (exact): scores ``[n, Q]`` are max-reduced over groups of ``G`` rows, the top ``kk`` groups
 are kept (every top-``kk`` row lies in one of them), and the best ``kk`` rows of those groups are
 returned. This keeps the selection ~G times cheaper than a TopK over all scores, in compiled code.
+Both TopKs are unsorted (``sorted=0``: a selection, no sort; ``_scan`` merges and sorts the chunks'
+results): at 64 queries x 480 candidates over 1M 128-d int8 rows the scan took 128-140 ms against
+154-211 ms sorted (same scores; only the choice among rows tied at the cut differs).
 
     python scripts/build_scan_graphs.py            # rewrite the shipped files
     python scripts/build_scan_graphs.py --check    # exit 1 if they differ from what this writes
@@ -80,14 +83,14 @@ def build(precision: str) -> onnx.ModelProto:
         helper.make_node("Reshape", ["s", "shape3"], ["s3"]),  # [n/G, G, Q]
         helper.make_node("ReduceMax", ["s3", "axis1"], ["gmax"], keepdims=0),  # [n/G, Q]
         helper.make_node("Transpose", ["gmax"], ["gmaxt"], perm=[1, 0]),  # [Q, n/G]
-        helper.make_node("TopK", ["gmaxt", "kk"], ["gval", "gidxt"], axis=1),  # [Q, kk]
+        helper.make_node("TopK", ["gmaxt", "kk"], ["gval", "gidxt"], axis=1, sorted=0),  # [Q, kk]
         helper.make_node("Transpose", ["gidxt"], ["gidx"], perm=[1, 0]),  # [kk, Q]
         helper.make_node("Unsqueeze", ["gidx", "axis1"], ["gidx3"]),  # [kk, 1, Q]
         helper.make_node("Expand", ["gidx3", "expand"], ["gidxe"]),  # [kk, G, Q]
         helper.make_node("GatherElements", ["s3", "gidxe"], ["blk"], axis=0),  # [kk, G, Q]
         helper.make_node("Reshape", ["blk", "flat"], ["cand"]),  # [kk*G, Q]
         helper.make_node("Transpose", ["cand"], ["candt"], perm=[1, 0]),  # [Q, kk*G]
-        helper.make_node("TopK", ["candt", "kk"], ["top", "local"], axis=1),  # [Q, kk]
+        helper.make_node("TopK", ["candt", "kk"], ["top", "local"], axis=1, sorted=0),  # [Q, kk]
         helper.make_node("Cast", ["top"], ["scores"], to=TP.FLOAT),
         helper.make_node("Div", ["local", "group"], ["slot"]),
         helper.make_node("Mod", ["local", "group"], ["within"]),
