@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -232,14 +233,13 @@ def main() -> None:
                 )
         wrk_idle = _wrk_idle_ms(url, args.wrk_seconds) if args.wrk_seconds else None
         wrk_rows = []
-        for per_request in (1, 32) if args.wrk_seconds else ():
+        for per_request in (1, 32) if args.wrk_seconds and shutil.which("wrk") else ():
             for conc in map(int, args.concurrency.split(",")):
                 _wrk(url, texts, conc, 2, per_request)  # warm-up
                 _drain(url)
                 offline_runs.append(_offline(emb, texts))
                 rps = _wrk(url, texts, conc, args.wrk_seconds, per_request)
-                if rps is None:
-                    break
+                assert rps is not None, "wrk printed no Requests/sec"
                 tps = rps * per_request
                 wrk_rows.append(
                     {
