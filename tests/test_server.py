@@ -353,3 +353,33 @@ def test_serve_splits_the_cores_between_parallel_calls(monkeypatch: pytest.Monke
     assert configs_from_args(parse(["serve"]), False).batching.parallel_calls == 4
     with load_embedder(parse(["serve", "--device", "cpu"])) as emb:
         assert emb._session.threads == 1
+
+
+def test_log_lines_are_written_off_the_event_loop_and_flushed_on_exit() -> None:
+    """serve's request log goes through a queue to the original handlers in a thread of their own."""
+    import logging
+
+    from mrl_infer.server._cli import logging_off_the_loop
+
+    writers: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            writers.append(threading.current_thread().name)
+            lines.append(self.format(record))
+
+    lines: list[str] = []
+    root = logging.getLogger()
+    capture = Capture()
+    capture.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    saved = root.handlers[:]
+    root.handlers = [capture]
+    try:
+        with logging_off_the_loop():
+            assert [type(h).__name__ for h in root.handlers] == ["QueueHandler"]
+            logging.getLogger("mrl_infer.server").warning("POST %s %d", "/v1/embeddings", 200)
+        assert root.handlers == [capture]
+    finally:
+        root.handlers = saved
+    assert lines == ["mrl_infer.server: POST /v1/embeddings 200"]
+    assert writers and writers[0] != threading.current_thread().name

@@ -270,6 +270,73 @@ def test_parallel_calls_run_at_once_up_to_the_limit(parallel_calls: int) -> None
     )
 
 
+class GatedRun(FakeRun):
+    """A FakeRun whose calls block until released, one at a time, from the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Semaphore(0)
+        self.release = threading.Semaphore(0)
+
+    def __call__(self, items: list[int]) -> np.ndarray:
+        self.started.release()
+        self.release.acquire()
+        return super().__call__(items)
+
+
+def test_a_free_worker_starts_the_next_call_without_the_event_loop() -> None:
+    """Workers take their next call themselves: with the loop blocked (as it is while it parses and
+    writes other requests), a finished worker still starts the queued call at once."""
+    run = GatedRun()
+    cfg = BatchConfig(max_batch_size=1, max_step_inputs=1, max_wait_ms=0, parallel_calls=1)
+
+    async def body(b: Batcher[int]) -> None:
+        futs = [b.submit([i], [1]) for i in range(3)]
+        try:
+            assert await asyncio.to_thread(run.started.acquire, True, 5)
+            # Block the event loop itself; meanwhile the worker must go from call 0 to call 1 alone.
+            run.release.release()
+            assert run.started.acquire(timeout=2), "the worker waited for the event loop"
+            run.release.release()
+            assert run.started.acquire(timeout=2)
+        finally:
+            for _ in range(3):  # never leave a call blocked (stop() would wait for it)
+                run.release.release()
+        outs = await asyncio.gather(*futs)
+        assert [o[0, 0] for o in outs] == [0, 1, 2]
+
+    _run(_with_batcher(run, cfg, body))
+    assert run.batches == [[0], [1], [2]]
+
+
+@pytest.mark.parametrize("parallel_calls", [1, 3])
+def test_concurrent_submits_and_cancels_keep_every_row_and_the_counts(parallel_calls: int) -> None:
+    run = FakeRun(delay=0.001)
+    cfg = BatchConfig(max_batch_size=4, max_batch_tokens=64, max_wait_ms=0, parallel_calls=parallel_calls)
+    rng = np.random.default_rng(7)
+
+    async def body(b: Batcher[int]) -> None:
+        reqs = [list(range(i * 1000, i * 1000 + int(rng.integers(1, 12)))) for i in range(60)]
+        futs = []
+        for k, r in enumerate(reqs):
+            futs.append(b.submit(r, [int(x) for x in rng.integers(1, 9, len(r))]))
+            if k % 5 == 0:
+                await asyncio.sleep(0)  # let calls start while submits go on
+        cancelled = set(range(3, 60, 7))
+        for k in cancelled:
+            futs[k].cancel()
+        outs = await asyncio.gather(*futs, return_exceptions=True)
+        for k, (r, out) in enumerate(zip(reqs, outs, strict=True)):
+            if k in cancelled and isinstance(out, asyncio.CancelledError):
+                continue
+            np.testing.assert_array_equal(out[:, 0], np.asarray(r, dtype=np.float32))
+        assert b.admitted == 0 and b.queued == 0
+
+    _run(_with_batcher(run, cfg, body))
+    seen = [x for batch in run.batches for x in batch]
+    assert len(seen) == len(set(seen)), "an input was embedded twice"
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="parallel_calls"):
         BatchConfig(parallel_calls=0)

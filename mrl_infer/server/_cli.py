@@ -6,6 +6,8 @@ import argparse
 import functools
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from mrl_infer.errors import MrlInferError
@@ -139,7 +141,6 @@ def _graceful_server_class() -> type:
     import contextlib
     import signal
     import threading
-    from collections.abc import Iterator
 
     import uvicorn
     from uvicorn.server import HANDLED_SIGNALS
@@ -262,5 +263,29 @@ def serve_app(
         )
     )
     server.announce = f"mrl-embed {args.command}" if announce else None
-    server.run()
+    with logging_off_the_loop():
+        server.run()
     return 0
+
+
+@contextmanager
+def logging_off_the_loop() -> Iterator[None]:
+    """Route the root logger's records through a queue to its handlers in a thread of their own, so
+    the event loop never blocks on writing a log line (one per request); flushed on exit."""
+    import logging.handlers  # here, not at module level: the CLI's --help stays lean
+    import queue
+
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    if not handlers:
+        yield
+        return
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
+    root.handlers = [logging.handlers.QueueHandler(records)]
+    listener.start()
+    try:
+        yield
+    finally:
+        listener.stop()
+        root.handlers = handlers
