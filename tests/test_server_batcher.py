@@ -337,6 +337,20 @@ def test_concurrent_submits_and_cancels_keep_every_row_and_the_counts(parallel_c
     assert len(seen) == len(set(seen)), "an input was embedded twice"
 
 
+@pytest.mark.parametrize("parallel_calls", [2, 3])
+def test_one_large_request_fills_every_worker(parallel_calls: int) -> None:
+    """A round cut into several calls wakes the other workers (a submit wakes only one)."""
+    run = CountingRun(delay=0.02)
+    cfg = BatchConfig(max_batch_size=2, max_wait_ms=0, parallel_calls=parallel_calls)
+
+    async def body(b: Batcher[int]) -> None:
+        out = await b.embed(list(range(24)), [3] * 24)
+        np.testing.assert_array_equal(out[:, 0], np.arange(24, dtype=np.float32))
+
+    _run(_with_batcher(run, cfg, body))
+    assert run.most == parallel_calls
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="parallel_calls"):
         BatchConfig(parallel_calls=0)

@@ -241,6 +241,8 @@ class Batcher(Generic[T]):
                     call = [x for x in self._pending.popleft() if not x[0].future.done()]
                     if call:
                         self._running += 1
+                        if self._pending:  # more planned calls: a submit woke only this worker
+                            self._cond.notify()
                         return call
                     continue
                 if self._closing and not self._active:
