@@ -101,7 +101,6 @@ def _wrk(url: str, texts: list[str], concurrency: int, seconds: int, per_request
 
 def _wrk_run(url: str, texts: list[str], concurrency: int, seconds: int, per_request: int = 1) -> str | None:
     """wrk's report for POSTing ``texts`` in turn, ``per_request`` per request; None without wrk."""
-    import shutil
     import tempfile
 
     if shutil.which("wrk") is None:
