@@ -691,8 +691,216 @@ def test_faiss_engine_bad_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(InputError, match=r"ubinary tiers only.*96-d int8.*add_tier\(96, 'ubinary'\)"):
         index.search(x[:2], 5, engine="faiss")
     with pytest.raises(ValueError, match="engine must be one of"):
-        index.search(x[:2], 5, engine="hnsw")
+        index.search(x[:2], 5, engine="annoy")
     index.add_tier(96, "ubinary")
     monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss-cpu were not installed
     with pytest.raises(ImportError, match=r"pip install 'mrl-infer\[faiss\]'"):
         index.search(x[:2], 5, shortlist_precision="ubinary", engine="faiss")
+
+
+# ----------------------------------------------------------------------------- the hnsw engine
+
+
+def test_hnsw_funnel_equals_exact_when_candidates_cover_the_index() -> None:
+    pytest.importorskip("faiss")
+    x = mrl_like(500)
+    q = mrl_like(30, seed=2)
+    index = Index.from_embeddings(x)
+    index.add_hnsw(m=16)
+    got = index.search(q, 10, oversample=50, engine="hnsw")  # 500 candidates: every row
+    ref = index.search(q, 10, exact=True)
+    np.testing.assert_array_equal(got.positions, ref.positions)
+    np.testing.assert_allclose(got.scores, ref.scores, atol=1e-6)
+    assert got.stats["shortlist"] | {"seconds": 0} == {
+        "dim": 96,
+        "precision": "int8",
+        "ef_search": 500,
+        "rows": 500,
+        "candidates": 500,
+        "engine": "hnsw",
+        "seconds": 0,
+    }
+
+
+def test_hnsw_engine_on_real_embeddings(mnli) -> None:
+    pytest.importorskip("faiss")
+    _docs, _, dv, qv, _emb = mnli
+    index = Index.from_embeddings(dv)
+    index.add_hnsw()
+    ref, _ = brute(dv, qv, 10)
+    default = recall(index.search(qv, 10, engine="hnsw").positions, ref)
+    narrow = recall(index.search(qv, 10, engine="hnsw", oversample=1, ef_search=10).positions, ref)
+    index.add_hnsw(64)  # a graph over a 64-d prefix replaces the 384-d one
+    prefix = recall(index.search(qv, 10, engine="hnsw").positions, ref)
+    # measured with the default model (5,000 MNLI docs, 300 queries): 384-d graph at the defaults
+    # (x4, ef_search 160) 0.9993, x1 with ef_search 10 0.925, a 64-d graph at the defaults 0.691
+    assert default >= 0.99 and narrow < default - 0.03 and prefix < default - 0.05, (default, narrow, prefix)
+    assert index.hnsw == {"dim": 64, "m": 32, "ef_construction": 80}
+
+
+def test_hnsw_save_load_reads_the_graph_on_first_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("faiss")
+    x = mrl_like(3000)
+    q = mrl_like(20, seed=4)
+    index = Index.from_embeddings(x, ids=[f"d{i}" for i in range(3000)])
+    index.add_hnsw(m=16, ef_construction=40)
+    before = index.search(q, 5, engine="hnsw")
+    index.save(tmp_path / "ix")
+    manifest = json.loads((tmp_path / "ix" / "index.json").read_text())
+    assert manifest["hnsw"] == {
+        "dim": 96,
+        "m": 16,
+        "ef_construction": 40,
+        "count": 3000,
+        "file": "hnsw_96.faiss",
+    }
+    assert manifest["files"]["hnsw_96.faiss"] == (tmp_path / "ix" / "hnsw_96.faiss").stat().st_size
+    with monkeypatch.context() as mp:
+        mp.setitem(sys.modules, "faiss", None)  # loading and the other engines do not need faiss
+        loaded = Index.load(tmp_path / "ix")
+        assert loaded.search(q, 5).ids == index.search(q, 5).ids
+        with pytest.raises(
+            ImportError, match=r"engine='hnsw' needs faiss-cpu: pip install 'mrl-infer\[faiss\]'"
+        ):
+            loaded.search(q, 5, engine="hnsw")
+    after = loaded.search(q, 5, engine="hnsw")
+    assert after.ids == before.ids
+    np.testing.assert_allclose(after.scores, before.scores, atol=1e-6)
+
+
+def test_hnsw_graph_takes_rows_added_after_building_and_after_loading(tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    x = mrl_like(2000)
+    new = mrl_like(10, seed=11)
+    index = Index.from_embeddings(x)
+    index.add_hnsw()
+    index.add(new[:5], ids=[f"a{i}" for i in range(5)])
+    assert [r[0] for r in index.search(new[:5], 1, engine="hnsw").ids] == [f"a{i}" for i in range(5)]
+    index.save(tmp_path / "ix")
+    loaded = Index.load(tmp_path / "ix")
+    loaded.add(new[5:], ids=[f"b{i}" for i in range(5)])  # before the graph is read: added when it is
+    assert [r[0] for r in loaded.search(new[5:], 1, engine="hnsw").ids] == [f"b{i}" for i in range(5)]
+    loaded.save(tmp_path / "ix", overwrite=True)
+    again = Index.load(tmp_path / "ix")
+    assert json.loads((tmp_path / "ix" / "index.json").read_text())["hnsw"]["count"] == 2010
+    assert [r[0] for r in again.search(new, 1, engine="hnsw").ids] == [
+        *(f"a{i}" for i in range(5)),
+        *(f"b{i}" for i in range(5)),
+    ]
+
+
+def test_hnsw_on_an_empty_index_is_built_with_the_first_rows(tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    index = Index(96)
+    index.add_hnsw(48)
+    index.save(tmp_path / "ix")
+    assert json.loads((tmp_path / "ix" / "index.json").read_text())["hnsw"]["file"] is None
+    loaded = Index.load(tmp_path / "ix")
+    x = mrl_like(400)
+    loaded.add(x)
+    got = loaded.search(x[:20], 10, engine="hnsw", oversample=40)
+    np.testing.assert_array_equal(got.positions, loaded.search(x[:20], 10, exact=True).positions)
+    assert got.stats["shortlist"]["dim"] == 48
+
+
+def test_rerank_puts_missing_candidates_last() -> None:
+    x = mrl_like(50)
+    store = _scan.RowStore(96, "float32", [x])
+    cand = np.array([[3, -1, 7, 9], [8, -1, -1, 5], [-1, -1, -1, -1]])
+    scores, rows = _scan.rerank(store, x[:3], cand, 3, 96)
+    assert set(rows[0].tolist()) == {3, 7, 9} and np.isfinite(scores[0]).all()
+    assert sorted(rows[1, :2].tolist()) == [5, 8] and np.isfinite(scores[1, :2]).all()
+    assert scores[1, 2] == -np.inf and (scores[2] == -np.inf).all()
+
+
+def test_hnsw_queries_the_graph_cannot_fill_are_answered_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("faiss")
+    from mrl_infer.search import _hnsw
+
+    x = mrl_like(1000)
+    q = mrl_like(3, seed=3)
+    index = Index.from_embeddings(x)
+    index.add_hnsw()
+    real = _hnsw.shortlist
+
+    def fewer(*args: object) -> np.ndarray:
+        rows = real(*args)  # type: ignore[arg-type]
+        rows[1, 3:] = -1  # the second query gets 3 rows, fewer than k
+        return rows
+
+    monkeypatch.setattr(_hnsw, "shortlist", fewer)
+    got = index.search(q, 5, engine="hnsw")
+    ref = index.search(q, 5, exact=True)
+    np.testing.assert_array_equal(got.positions[1], ref.positions[1])
+    assert got.stats["shortlist"]["exact_queries"] == 1
+
+
+def test_hnsw_bad_arguments_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("faiss")
+    x = mrl_like(300)
+    index = Index.from_embeddings(x, rerank_dim=64)
+    with pytest.raises(InputError, match=r"needs an HNSW graph.*index.add_hnsw\(\)"):
+        index.search(x[:2], 5, engine="hnsw")
+    with pytest.raises(InputError, match="ef_search applies to engine='hnsw' only"):
+        index.search(x[:2], 5, ef_search=100)
+    for dim in (0, 65):
+        with pytest.raises(DimError, match="add_hnsw: dim must be between 1 and the rerank tier's 64 dims"):
+            index.add_hnsw(dim)
+    with pytest.raises(InputError, match="add_hnsw: m must be an int >= 2, got 1"):
+        index.add_hnsw(m=1)
+    with pytest.raises(InputError, match="add_hnsw: ef_construction must be an int >= 1, got 0"):
+        index.add_hnsw(ef_construction=0)
+    index.add_hnsw()
+    with pytest.raises(InputError, match="shortlist_dim and shortlist_precision name a shortlist tier"):
+        index.search(x[:2], 5, engine="hnsw", shortlist_dim=96)
+    with pytest.raises(InputError, match="ef_search must be a positive int, got 0"):
+        index.search(x[:2], 5, engine="hnsw", ef_search=0)
+    with monkeypatch.context() as mp:
+        mp.setitem(sys.modules, "faiss", None)
+        with pytest.raises(ImportError, match=r"pip install 'mrl-infer\[faiss\]'"):
+            index.add_hnsw()
+    index.save(tmp_path / "ix")
+    graph = tmp_path / "ix" / "hnsw_64.faiss"
+    data = graph.read_bytes()
+    graph.write_bytes(data[:1000])
+    with pytest.raises(
+        IndexFormatError, match=r"hnsw_64.faiss: 1000 bytes, the manifest says \d+ \(truncated"
+    ):
+        Index.load(tmp_path / "ix")
+    graph.write_bytes(data)
+    mpath = tmp_path / "ix" / "index.json"
+    manifest = json.loads(mpath.read_text())
+    mpath.write_text(json.dumps(manifest | {"hnsw": manifest["hnsw"] | {"count": 7}}))
+    with pytest.raises(IndexFormatError, match=r"invalid 'hnsw' \(a graph of 7 rows"):
+        Index.load(tmp_path / "ix")
+    mpath.write_text(json.dumps(manifest | {"hnsw": manifest["hnsw"] | {"dim": 32}}))
+    loaded = Index.load(tmp_path / "ix")  # the file is read on first use, and checked then
+    with pytest.raises(
+        IndexFormatError, match=r"hnsw_64.faiss: a IndexHNSWSQ of 300 rows of dim 64, the manifest"
+    ):
+        loaded.search(x[:2], 5, engine="hnsw")
+    graph.write_bytes(b"\0" * len(data))
+    mpath.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match=r"hnsw_64.faiss: unreadable HNSW graph"):
+        Index.load(tmp_path / "ix").search(x[:2], 5, engine="hnsw")
+
+
+def test_cli_index_build_hnsw_and_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("faiss")
+    from mrl_infer.cli import main
+
+    x = Embedder().encode([f"text number {i} about {w}" for i, w in enumerate(["cats", "dogs", "rain"] * 20)])
+    np.save(tmp_path / "e.npy", x)
+    out = tmp_path / "ix"
+    assert (
+        main(["index", "build", "--from-embeddings", str(tmp_path / "e.npy"), "-o", str(out), "--hnsw"]) == 0
+    )
+    assert Index.load(out).hnsw == {"dim": 384, "m": 32, "ef_construction": 80}
+    capsys.readouterr()
+    args = ["search", str(out), "text about rain", "-k", "3", "--json"]
+    assert main([*args, "--engine", "hnsw", "--ef-search", "60"]) == 0
+    hnsw = json.loads(capsys.readouterr().out)["results"]
+    assert main([*args, "--exact"]) == 0
+    assert hnsw == json.loads(capsys.readouterr().out)["results"]  # 60 rows: the graph returns all
+    assert main(["search", str(tmp_path / "ix"), "q", "--ef-search", "60"]) == 2
+    assert "ef_search applies to engine='hnsw' only" in capsys.readouterr().err

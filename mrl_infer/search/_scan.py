@@ -27,8 +27,9 @@ import numpy as np
 
 #: Shortlist precisions: float16 (2 B/dim), int8 with per-dim scales (1 B/dim), ubinary (1 bit/dim).
 SHORTLIST_PRECISIONS = ("float16", "int8", "ubinary")
-#: Shortlist scan engines: the tier's own scoring in onnxruntime, or Hamming distance in faiss.
-ENGINES = ("onnxruntime", "faiss")
+#: Shortlist engines: the tier's own scoring in onnxruntime, Hamming distance in faiss, or a faiss
+#: HNSW graph (``_hnsw``; approximate, built by ``Index.add_hnsw``).
+ENGINES = ("onnxruntime", "faiss", "hnsw")
 #: Rerank-tier precisions.
 RERANK_PRECISIONS = ("float16", "float32")
 #: Rows per onnxruntime call. 65,536 rows: the fewest calls at which the score block still fits
@@ -288,8 +289,15 @@ class RowStore:
 def rerank(
     store: RowStore, queries: np.ndarray, candidates: np.ndarray, k: int, dim: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rescore ``candidates`` ``[Q, C]`` with the first ``dim`` rerank dims; best ``k`` ``[Q, k]``."""
+    """Rescore ``candidates`` ``[Q, C]`` with the first ``dim`` rerank dims; best ``k`` ``[Q, k]``.
+
+    A candidate ``-1`` (an approximate shortlist that found fewer) scores ``-inf``, so it comes
+    last; callers make sure each query has at least ``k`` real candidates.
+    """
     out_s, out_r = [], []
+    missing = candidates < 0
+    if missing.any():  # stand in the query's best candidate (column 0, or row 0), scored -inf below
+        candidates = np.where(missing, np.maximum(candidates[:, :1], 0), candidates)
     for b in range(0, len(queries), 64):
         cand = candidates[b : b + 64]  # [q, C]
         uniq, inverse = np.unique(cand, return_inverse=True)
@@ -300,6 +308,7 @@ def rerank(
         # one GEMM against the distinct rows, then each query's own candidates: cheaper than
         # materializing [q, C, dim] (126 MB at 64 queries x 1,280 candidates), as fast at one query
         scores = np.take_along_axis(q @ rows.T, inverse.reshape(cand.shape), 1)  # [q, C]
+        scores[missing[b : b + 64]] = -np.inf
         s, r = top_k(scores, cand, k)
         out_s.append(s)
         out_r.append(r)

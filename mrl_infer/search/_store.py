@@ -8,6 +8,7 @@ Layout (format version 1)::
     DIR/rerank.npy                       the rerank tier (memory-mapped; only shortlisted rows are read)
     DIR/ids.npy | DIR/ids.json           int64 ids, or string ids
     DIR/fields.jsonl + fields.offsets.npy  stored fields, one JSON object per row (optional)
+    DIR/hnsw_{dim}.faiss                 the HNSW graph of ``Index.add_hnsw`` (optional; faiss' format)
 
 ``"shortlist"`` lists every shortlist tier (``Index.add_tier``), ``{"dim", "precision", "file"}``
 (+ ``"scale_file"`` for int8); ``"shortlist_config"`` names the default tier. Several tiers came
@@ -15,6 +16,8 @@ after format version 1 was fixed and stay version 1, both ways compatible: an in
 is written as before, and the default tier is written *last*, so a reader that predates several
 tiers (it keeps the last entry it reads) searches the default tier and ignores the others. An empty
 index writes 0-row tier files; on load their tiers are rebuilt with the first rows added.
+``"hnsw"`` (``{"dim", "m", "ef_construction", "count", "file"}``; ``file`` null for an empty
+index) came later too: a reader that predates it ignores the key and the file.
 
 A build goes to a hidden sibling directory that is renamed onto ``DIR`` only once every file is
 written and synced, so ``DIR`` is either absent, the old index, or the complete new one. The
@@ -27,7 +30,8 @@ import json
 import mmap as _mmap
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +62,8 @@ class Written:
     rerank_dtype: str
     ids: list[Any] | np.ndarray
     fields: list[dict[str, Any]] | None
+    #: other files, each written by its function given the file's path (the HNSW graph)
+    extra: dict[str, Callable[[Path], None]] = field(default_factory=dict)
 
 
 def _write_rerank(path: Path, segments: list[np.ndarray], dtype: str, dim: int) -> None:
@@ -96,6 +102,8 @@ def write_index(target: Path, w: Written, *, overwrite: bool) -> None:
     try:
         for name, arr in w.arrays.items():
             np.save(tmp / name, arr)
+        for name, write in w.extra.items():
+            write(tmp / name)
         dim = w.manifest["rerank"]["dim"]
         _write_rerank(tmp / "rerank.npy", w.segments, w.rerank_dtype, dim)
         if isinstance(w.ids, np.ndarray):
