@@ -873,6 +873,9 @@ def test_hnsw_bad_arguments_and_files(tmp_path: Path, monkeypatch: pytest.Monkey
     mpath.write_text(json.dumps(manifest | {"hnsw": manifest["hnsw"] | {"count": 7}}))
     with pytest.raises(IndexFormatError, match=r"invalid 'hnsw' \(a graph of 7 rows"):
         Index.load(tmp_path / "ix")
+    mpath.write_text(json.dumps(manifest | {"hnsw": manifest["hnsw"] | {"file": "../hnsw_64.faiss"}}))
+    with pytest.raises(IndexFormatError, match=r"invalid 'hnsw' \(file must be a file name inside"):
+        Index.load(tmp_path / "ix")
     mpath.write_text(json.dumps(manifest | {"hnsw": manifest["hnsw"] | {"dim": 32}}))
     loaded = Index.load(tmp_path / "ix")  # the file is read on first use, and checked then
     with pytest.raises(
