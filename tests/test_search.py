@@ -178,13 +178,31 @@ def test_save_load_round_trip(tmp_path: Path, ids: str | None) -> None:
     assert after.ids == before.ids
     np.testing.assert_array_equal(after.scores, before.scores)
     assert loaded.ids == (row_ids or list(range(5000)))
-    assert loaded.fields([0, 4999]) == [fields[0], fields[4999]]
+    assert loaded.fields(range(5000)) == fields
     assert (loaded.shortlist_dim, loaded.shortlist_precision, loaded.oversample) == (
         64,
         "ubinary",
         index.oversample,
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]  # no temporary directories left
+
+
+def test_loaded_fields_survive_resaving_and_a_bad_line_is_named(tmp_path: Path) -> None:
+    fields = [{"i": i, "text": f"row {i} é"} for i in range(2000)]
+    Index.from_embeddings(mrl_like(2000), fields=fields).save(tmp_path / "ix")
+    loaded = Index.load(tmp_path / "ix")
+    assert loaded.fields([1999, 0, 7]) == [fields[1999], fields[0], fields[7]]
+    loaded.add(mrl_like(10, seed=9), fields=[{"late": j} for j in range(10)])
+    loaded.save(tmp_path / "ix", overwrite=True)  # onto its own directory, while its fields file is still mapped
+    again = Index.load(tmp_path / "ix")
+    assert again.fields(range(2010)) == fields + [{"late": j} for j in range(10)]
+    data = bytearray((tmp_path / "ix" / "fields.jsonl").read_bytes())
+    data[data.index(b'"i": 5,') + 3] = ord("#")  # same size: only the JSON of row 5 is broken
+    (tmp_path / "ix" / "fields.jsonl").write_bytes(bytes(data))
+    broken = Index.load(tmp_path / "ix")
+    assert broken.fields([4]) == [fields[4]]
+    with pytest.raises(IndexFormatError, match=r"fields.jsonl: row 5 is not valid JSON"):
+        broken.fields([5])
 
 
 def test_add_then_search_finds_new_rows(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ import json
 import mmap as _mmap
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,24 +197,41 @@ def load_ids(path: Path, count: int) -> list[Any] | np.ndarray:
 
 
 class FieldFile:
-    """Stored fields read on demand: row ``i`` is line ``i`` of ``fields.jsonl``."""
+    """Stored fields read on demand: row ``i`` is line ``i`` of ``fields.jsonl``.
+
+    The file is memory-mapped on first read (once, not opened per row), so looking up the fields of
+    a search's hits costs a slice and a ``json.loads`` each, and ``to_list`` one pass over the file.
+    """
 
     def __init__(self, path: Path, count: int) -> None:
         self.path = path / "fields.jsonl"
         self.offsets = load_array(path / "fields.offsets.npy", mmap=False, rows=count + 1)
+        self._data: Any = None
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        with open(self.path, "rb") as fh:
-            fh.seek(int(self.offsets[i]))
-            line = fh.read(int(self.offsets[i + 1] - self.offsets[i]))
+    def _bytes(self) -> Any:
+        if self._data is None:
+            with self._lock:
+                if self._data is None:
+                    with open(self.path, "rb") as fh:
+                        empty = os.fstat(fh.fileno()).st_size == 0
+                        self._data = b"" if empty else _mmap.mmap(fh.fileno(), 0, access=_mmap.ACCESS_READ)
+        return self._data
+
+    def _parse(self, data: Any, i: int) -> dict[str, Any]:
+        line = data[int(self.offsets[i]) : int(self.offsets[i + 1])]
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise IndexFormatError(f"{self.path}: row {i} is not valid JSON ({exc})") from None
         return value  # type: ignore[no-any-return]
 
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._parse(self._bytes(), i)
+
     def to_list(self) -> list[dict[str, Any]]:
-        return [self[i] for i in range(len(self))]
+        data = self._bytes()
+        return [self._parse(data, i) for i in range(len(self))]
