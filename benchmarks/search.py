@@ -242,11 +242,111 @@ def speed_tables(settings: list[Setting], sizes: list[int]) -> dict[str, Any]:
     return out
 
 
-def ten_million(work: Path, n: int = 10_000_000) -> dict[str, Any]:
+#: (oversample, ef_search) of the hnsw engine; (4, 160) is its default at k = 10
+HNSW_SETTINGS = [(1, 20), (2, 40), (4, 80), (4, 160), (8, 320)]
+
+
+def hnsw_section(n: int = 1_000_000) -> dict[str, Any]:
+    """The hnsw engine (``Index.add_hnsw``): recall on the real set, speed and RAM at ``n``.
+
+    Recall: the real 101,915 embeddings, 1,000 real queries, against exact float32 search. Speed:
+    the same structured vectors as the Pareto table, exact numpy and the default funnel re-measured
+    in the same run; the synthetic recall (64 queries) is printed beside it, never reported as recall.
+    """
+    import tempfile
+
+    _, cv, _, qv = search_data.load()
+    out: dict[str, Any] = {"recall": [], "speed": [], "m": 32, "ef_construction": 80}
+    ref = _scan.exact(_scan.RowStore(384, "float32", [cv]), qv, K, 384)[1]
+    idx = Index.from_embeddings(cv)
+    t0 = time.perf_counter()
+    idx.add_hnsw()
+    out["build_seconds_real"] = time.perf_counter() - t0
+    for o, ef in HNSW_SETTINGS:
+        r = recall(idx.search(qv, K, engine="hnsw", oversample=o, ef_search=ef).positions, ref)
+        out["recall"].append({"oversample": o, "ef_search": ef, "recall_at_10": r})
+        print(f"hnsw recall x{o} ef {ef}: {r:.4f}", file=sys.stderr, flush=True)
+    del idx
+    big = structured_million(cv, n)
+    store = _scan.RowStore(384, "float32", [big])
+    ref_s = _scan.exact(store, qv[:64], K, 384)[1]
+    out["n"] = n
+    out["exact_numpy"] = speeds(lambda q: _scan.exact(store, q, K, 384), qv)
+    print(f"exact {out['exact_numpy']}", file=sys.stderr, flush=True)
+    idx = Index.from_embeddings(big)
+    out["default_funnel"] = speeds(lambda q: idx.search(q, K), qv)
+    print(f"default funnel {out['default_funnel']}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    idx.add_hnsw()
+    out["build_seconds"] = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        import faiss
+
+        faiss.write_index(idx._graph.index, f"{tmp}/g.faiss")  # type: ignore[union-attr]
+        out["graph_file_bytes"] = os.path.getsize(f"{tmp}/g.faiss")
+    out["shortlist_bytes"] = idx.memory["shortlist"]
+    for o, ef in HNSW_SETTINGS:
+        row: dict[str, Any] = {"oversample": o, "ef_search": ef}
+        row |= speeds(lambda q, o=o, ef=ef: idx.search(q, K, engine="hnsw", oversample=o, ef_search=ef), qv)
+        found = idx.search(qv[:64], K, engine="hnsw", oversample=o, ef_search=ef).positions
+        row["recall_at_10_synthetic"] = recall(found, ref_s)
+        out["speed"].append(row)
+        print(f"hnsw speed {row}", file=sys.stderr, flush=True)
+    return out
+
+
+def hnsw_markdown(h: dict[str, Any]) -> str:
+    ex, fu = h["exact_numpy"], h["default_funnel"]
+    lines = [
+        f"hnsw engine: graph over all 384 dims, m={h['m']}, ef_construction={h['ef_construction']}; "
+        f"built in {h['build_seconds_real']:.1f} s over the real set, {h['build_seconds']:.0f} s over "
+        f"{h['n']:,} rows; graph file {_mb(h['graph_file_bytes'])} (the default int8 tier: "
+        f"{_mb(h['shortlist_bytes'])})",
+        "",
+        "| oversample | ef_search | recall@10 (real) | q/s batch 1 | vs exact | q/s batch 64 | vs exact |",
+        "|---|---|---|---|---|---|---|",
+        f"| exact numpy | - | 1 | {ex['qps_batch1']:.1f} | 1.0x | {ex['qps_batch64']:.1f} | 1.0x |",
+        f"| default funnel (128-d int8 x48) | - | see above | {fu['qps_batch1']:.1f} | "
+        f"{fu['qps_batch1'] / ex['qps_batch1']:.1f}x | {fu['qps_batch64']:.1f} | "
+        f"{fu['qps_batch64'] / ex['qps_batch64']:.1f}x |",
+    ]
+    for rec, sp in zip(h["recall"], h["speed"], strict=True):
+        lines.append(
+            f"| {rec['oversample']} | {rec['ef_search']} | {rec['recall_at_10']:.4f} | "
+            f"{sp['qps_batch1']:.1f} | {sp['qps_batch1'] / ex['qps_batch1']:.1f}x | "
+            f"{sp['qps_batch64']:.1f} | {sp['qps_batch64'] / ex['qps_batch64']:.1f}x |"
+        )
+    t = h.get("ten_million")
+    if t:
+        ex = t["exact"]
+        lines += [
+            "",
+            f"At {t['n']:,} (finished {t['finished']}, load {t['load'][0]} -> {t['load'][1]}): graph "
+            f"built in {t['hnsw_build_seconds']:.0f} s over the loaded, memory-mapped index, "
+            f"~{_mb(t['hnsw_bytes'])} of RAM (the default int8 tier: {_mb(t['shortlist_bytes'])}).",
+            "",
+            "| setting | q/s batch 1 | vs exact | q/s batch 64 | vs exact | recall@10 (synthetic) |",
+            "|---|---|---|---|---|---|",
+            f"| exact numpy | {ex['qps_batch1']:.2f} | 1.0x | {ex['qps_batch64']:.2f} | 1.0x | 1 |",
+        ]
+        rows = [("default funnel (128-d int8 x48)", t["default"])]
+        rows += [(f"hnsw x{r['oversample']} ef {r['ef_search']}", r) for r in t["hnsw"]]
+        for name, r in rows:
+            lines.append(
+                f"| {name} | {r['qps_batch1']:.2f} | {r['qps_batch1'] / ex['qps_batch1']:.1f}x | "
+                f"{r['qps_batch64']:.2f} | {r['qps_batch64'] / ex['qps_batch64']:.1f}x | "
+                f"{r['recall_at_10_synthetic']:.4f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def ten_million(work: Path, n: int = 10_000_000, hnsw: bool = False) -> dict[str, Any]:
     """Exact numpy vs the default funnel at ``n`` rows, the funnel saved and memory-mapped as users run it.
 
     Exact numpy holds the float32 vectors in RAM (15.4 GB at 10M); they are freed before the index is
-    built from a float16 copy on disk in 500k-row steps, saved, and loaded back memory-mapped.
+    built from a float16 copy on disk in 500k-row steps, saved, and loaded back memory-mapped. With
+    ``hnsw``, the loaded index then builds its HNSW graph and the hnsw engine's settings are timed
+    (instead of the faiss Hamming setting).
     """
     import gc
     import shutil
@@ -267,7 +367,8 @@ def ten_million(work: Path, n: int = 10_000_000) -> dict[str, Any]:
     gc.collect()
     half = np.load(work / "vectors_f16.npy", mmap_mode="r")
     index = Index(384)
-    index.add_tier(256, "ubinary")
+    if not hnsw:
+        index.add_tier(256, "ubinary")
     for s0 in range(0, n, 500_000):
         index.add(np.asarray(half[s0 : s0 + 500_000], dtype=np.float32))
     target = work / "index"
@@ -280,7 +381,20 @@ def ten_million(work: Path, n: int = 10_000_000) -> dict[str, Any]:
     out["default"] = speeds(lambda q: index.search(q, K), qv)
     out["default"]["recall_at_10_synthetic"] = recall(index.search(qv[:64], K).positions, ref)
     print(f"10M default {out['default']}", file=sys.stderr, flush=True)
-    if _faiss_available():
+    if hnsw:
+        t0 = time.perf_counter()
+        index.add_hnsw()
+        out["hnsw_build_seconds"] = time.perf_counter() - t0
+        out["hnsw_bytes"] = index.memory["hnsw"]
+        out["hnsw"] = []
+        for o, ef in [(4, 160), (4, 80), (8, 320)]:
+            row: dict[str, Any] = {"oversample": o, "ef_search": ef}
+            hs = {"engine": "hnsw", "oversample": o, "ef_search": ef}
+            row |= speeds(lambda q, hs=hs: index.search(q, K, **hs), qv)
+            row["recall_at_10_synthetic"] = recall(index.search(qv[:64], K, **hs).positions, ref)
+            out["hnsw"].append(row)
+            print(f"10M hnsw {row}", file=sys.stderr, flush=True)
+    elif _faiss_available():
         fa = {"shortlist_dim": 256, "shortlist_precision": "ubinary", "oversample": 128, "engine": "faiss"}
         out["faiss_256_x128"] = speeds(lambda q: index.search(q, K, **fa), qv)
         out["faiss_256_x128"]["recall_at_10_synthetic"] = recall(
@@ -288,7 +402,8 @@ def ten_million(work: Path, n: int = 10_000_000) -> dict[str, Any]:
         )
         print(f"10M faiss {out['faiss_256_x128']}", file=sys.stderr, flush=True)
     out["shortlist_bytes"] = index.tier_bytes[(128, "int8")]
-    out["ubinary256_bytes"] = index.tier_bytes[(256, "ubinary")]
+    if not hnsw:
+        out["ubinary256_bytes"] = index.tier_bytes[(256, "ubinary")]
     out["rerank_bytes"] = index.memory["rerank"]
     out["disk_bytes"] = sum(f.stat().st_size for f in target.iterdir())
     return out
@@ -423,6 +538,11 @@ def markdown(result: dict[str, Any]) -> str:
                 f"recall@10 {f['recall_at_10_synthetic']:.3f} (default "
                 f"{t['default']['recall_at_10_synthetic']:.3f}); load {t['load'][0]} -> {t['load'][1]}.",
             ]
+    if result.get("hnsw"):
+        h = result["hnsw"]
+        head = f"### The hnsw engine (finished {h['finished']}, load {h['load'][0]} -> {h['load'][1]})"
+        out += ["", head, ""]
+        out.append(hnsw_markdown(h).rstrip("\n"))
     return "\n".join(out) + "\n"
 
 
@@ -436,7 +556,41 @@ def main() -> int:
         metavar="WORK_DIR",
         help="only the 10M row (needs ~16 GB RAM, ~25 GB in WORK_DIR), added to the results JSON",
     )
+    ap.add_argument(
+        "--hnsw",
+        action="store_true",
+        help="only the hnsw engine (needs faiss-cpu; ~8 min), added to the results JSON",
+    )
+    ap.add_argument(
+        "--hnsw-ten-million",
+        type=Path,
+        metavar="WORK_DIR",
+        help="only the 10M row with the hnsw engine (~16 GB RAM, ~25 GB in WORK_DIR, ~1 h), added "
+        "to the results JSON's hnsw section",
+    )
     args = ap.parse_args()
+    if args.hnsw_ten_million:
+        result = json.loads(RESULTS.read_text(encoding="utf-8"))
+        load0 = round(os.getloadavg()[0], 2)
+        result["hnsw"]["ten_million"] = ten_million(args.hnsw_ten_million, hnsw=True) | {
+            "load": [load0, round(os.getloadavg()[0], 2)],
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
+        RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        RESULTS.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+        print(hnsw_markdown(result["hnsw"]))
+        return 0
+    if args.hnsw:
+        result = json.loads(RESULTS.read_text(encoding="utf-8"))
+        load0 = round(os.getloadavg()[0], 2)
+        result["hnsw"] = hnsw_section() | {
+            "load": [load0, round(os.getloadavg()[0], 2)],
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
+        RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        RESULTS.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+        print(hnsw_markdown(result["hnsw"]))
+        return 0
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))), end="")
         return 0
