@@ -321,9 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    handler = getattr(args, "handler", None) or {"embed": _cmd_embed, "info": _cmd_info, "eval": _cmd_eval}[
-        args.command
-    ]
+    handler = (
+        getattr(args, "handler", None)
+        or {"embed": _cmd_embed, "info": _cmd_info, "eval": _cmd_eval}[args.command]
+    )
     try:
         return handler(args)
     except KeyboardInterrupt:

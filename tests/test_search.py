@@ -193,7 +193,9 @@ def test_loaded_fields_survive_resaving_and_a_bad_line_is_named(tmp_path: Path) 
     loaded = Index.load(tmp_path / "ix")
     assert loaded.fields([1999, 0, 7]) == [fields[1999], fields[0], fields[7]]
     loaded.add(mrl_like(10, seed=9), fields=[{"late": j} for j in range(10)])
-    loaded.save(tmp_path / "ix", overwrite=True)  # onto its own directory, while its fields file is still mapped
+    loaded.save(
+        tmp_path / "ix", overwrite=True
+    )  # onto its own directory, while its fields file is still mapped
     again = Index.load(tmp_path / "ix")
     assert again.fields(range(2010)) == fields + [{"late": j} for j in range(10)]
     data = bytearray((tmp_path / "ix" / "fields.jsonl").read_bytes())
