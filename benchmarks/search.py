@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -546,6 +547,23 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _add_section(where: tuple[str, ...], run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one section alone, stamped with load and time, into the results JSON at ``where``; re-render."""
+    result = json.loads(RESULTS.read_text(encoding="utf-8"))
+    load0 = round(os.getloadavg()[0], 2)
+    section = run() | {
+        "load": [load0, round(os.getloadavg()[0], 2)],
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    parent = result
+    for key in where[:-1]:
+        parent = parent[key]
+    parent[where[-1]] = section
+    RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    RESULTS.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a small sweep at 100k (smoke run)")
@@ -570,40 +588,17 @@ def main() -> int:
     )
     args = ap.parse_args()
     if args.hnsw_ten_million:
-        result = json.loads(RESULTS.read_text(encoding="utf-8"))
-        load0 = round(os.getloadavg()[0], 2)
-        result["hnsw"]["ten_million"] = ten_million(args.hnsw_ten_million, hnsw=True) | {
-            "load": [load0, round(os.getloadavg()[0], 2)],
-            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        }
-        RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        RESULTS.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+        result = _add_section(("hnsw", "ten_million"), lambda: ten_million(args.hnsw_ten_million, hnsw=True))
         print(hnsw_markdown(result["hnsw"]))
         return 0
     if args.hnsw:
-        result = json.loads(RESULTS.read_text(encoding="utf-8"))
-        load0 = round(os.getloadavg()[0], 2)
-        result["hnsw"] = hnsw_section() | {
-            "load": [load0, round(os.getloadavg()[0], 2)],
-            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        }
-        RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        RESULTS.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-        print(hnsw_markdown(result["hnsw"]))
+        print(hnsw_markdown(_add_section(("hnsw",), hnsw_section)["hnsw"]))
         return 0
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))), end="")
         return 0
     if args.ten_million:
-        result = json.loads(RESULTS.read_text(encoding="utf-8"))
-        load0 = round(os.getloadavg()[0], 2)
-        result["speed"]["ten_million"] = ten_million(args.ten_million) | {
-            "load": [load0, round(os.getloadavg()[0], 2)],
-            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        }
-        RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        RESULTS.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-        print(markdown(result))
+        print(markdown(_add_section(("speed", "ten_million"), lambda: ten_million(args.ten_million))))
         return 0
     if args.quick:
         settings = sweep([64, 128], ["int8"], [4, 32])
