@@ -409,7 +409,7 @@ def test_ray_refusals_do_not_start_ray(
 def test_ctrl_c_exits_130_and_resumes(tmp_path: Path, nan_model_dir: Path, workers: str) -> None:
     """SIGINT to the job's process group, as a terminal's Ctrl-C sends it: exit 130, resumable."""
     src = tmp_path / "in.txt"
-    src.write_text("".join(f"line {i} " + "word " * (i % 7) + "\n" for i in range(20_000)))
+    src.write_text("".join(f"line {i} " + "word " * (i % 7) + "\n" for i in range(200_000)))
     common = [
         str(src),
         "--model",
