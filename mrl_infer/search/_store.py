@@ -221,17 +221,13 @@ class FieldFile:
                         self._data = b"" if empty else _mmap.mmap(fh.fileno(), 0, access=_mmap.ACCESS_READ)
         return self._data
 
-    def _parse(self, data: Any, i: int) -> dict[str, Any]:
-        line = data[int(self.offsets[i]) : int(self.offsets[i + 1])]
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        line = self._bytes()[int(self.offsets[i]) : int(self.offsets[i + 1])]
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise IndexFormatError(f"{self.path}: row {i} is not valid JSON ({exc})") from None
         return value  # type: ignore[no-any-return]
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self._parse(self._bytes(), i)
-
     def to_list(self) -> list[dict[str, Any]]:
-        data = self._bytes()
-        return [self._parse(data, i) for i in range(len(self))]
+        return [self[i] for i in range(len(self))]
