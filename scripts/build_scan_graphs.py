@@ -8,12 +8,19 @@ Both TopKs are unsorted (``sorted=0``: a selection, no sort; ``_scan`` merges an
 results): at 64 queries x 480 candidates over 1M 128-d int8 rows the scan took 128-140 ms against
 154-211 ms sorted (same scores; only the choice among rows tied at the cut differs).
 
+The ``scan_*_above`` graphs take the chunks after the first: given each query's running cut
+``thr`` (the ``kk``-th best score so far), they return only the groups whose max reaches it, as
+``(group, query)`` pairs with the group's ``G`` scores. No row below the cut can enter the final
+top ``kk``, and past the first chunks few rows reach it, so the selection costs a compare and a
+NonZero over the group maxima instead of two TopKs of ``kk``.
+
     python scripts/build_scan_graphs.py            # rewrite the shipped files
     python scripts/build_scan_graphs.py --check    # exit 1 if they differ from what this writes
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -29,7 +36,7 @@ def _i64(name: str, values: list[int]) -> onnx.TensorProto:
     return helper.make_tensor(name, TP.INT64, [len(values)], values)
 
 
-def build(precision: str) -> onnx.ModelProto:
+def build(precision: str, above: bool = False) -> onnx.ModelProto:
     """The scan graph for a tier stored as float16, int8 (as uint8 = int8 + 128) or ubinary.
 
     Scores are ``t @ q``: ``t`` the tier chunk ``[n, d]`` as the big GEMM operand, ``q`` the
@@ -79,33 +86,66 @@ def build(precision: str) -> onnx.ModelProto:
         helper.make_node("Shape", ["s"], ["s_shape"]),
         helper.make_node("Slice", ["s_shape", "axis1", "two"], ["qdim"]),  # [1] = Q
         helper.make_node("Concat", ["minus1", "group", "qdim"], ["shape3"], axis=0),
-        helper.make_node("Concat", ["minus1", "qdim"], ["flat"], axis=0),
+        *([] if above else [helper.make_node("Concat", ["minus1", "qdim"], ["flat"], axis=0)]),
         helper.make_node("Reshape", ["s", "shape3"], ["s3"]),  # [n/G, G, Q]
         helper.make_node("ReduceMax", ["s3", "axis1"], ["gmax"], keepdims=0),  # [n/G, Q]
-        helper.make_node("Transpose", ["gmax"], ["gmaxt"], perm=[1, 0]),  # [Q, n/G]
-        helper.make_node("TopK", ["gmaxt", "kk"], ["gval", "gidxt"], axis=1, sorted=0),  # [Q, kk]
-        helper.make_node("Transpose", ["gidxt"], ["gidx"], perm=[1, 0]),  # [kk, Q]
-        helper.make_node("Unsqueeze", ["gidx", "axis1"], ["gidx3"]),  # [kk, 1, Q]
-        helper.make_node("Expand", ["gidx3", "expand"], ["gidxe"]),  # [kk, G, Q]
-        helper.make_node("GatherElements", ["s3", "gidxe"], ["blk"], axis=0),  # [kk, G, Q]
-        helper.make_node("Reshape", ["blk", "flat"], ["cand"]),  # [kk*G, Q]
-        helper.make_node("Transpose", ["cand"], ["candt"], perm=[1, 0]),  # [Q, kk*G]
-        helper.make_node("TopK", ["candt", "kk"], ["top", "local"], axis=1, sorted=0),  # [Q, kk]
-        helper.make_node("Cast", ["top"], ["scores"], to=TP.FLOAT),
-        helper.make_node("Div", ["local", "group"], ["slot"]),
-        helper.make_node("Mod", ["local", "group"], ["within"]),
-        helper.make_node("GatherElements", ["gidxt", "slot"], ["grp"], axis=1),  # [Q, kk]
-        helper.make_node("Mul", ["grp", "group"], ["base"]),
-        helper.make_node("Add", ["base", "within"], ["rows"]),  # [Q, kk] rows in chunk
     ]
-    graph = helper.make_graph(
-        nodes,
-        f"mrl_infer_scan_{precision}",
-        [tin, qin, helper.make_tensor_value_info("kk", TP.INT64, [1])],
-        [
+    inputs = [tin, qin]
+    if above:
+        score_type = TP.FLOAT if precision == "float16" else TP.INT32
+        inputs.append(helper.make_tensor_value_info("thr", score_type, ["Q"]))
+        inits.append(helper.make_tensor("within", TP.INT64, [GROUP], list(range(GROUP))))
+        nodes += [
+            helper.make_node("GreaterOrEqual", ["gmax", "thr"], ["hit"]),  # [n/G, Q]
+            # by group, not by query: the gather below then reads the score block in order
+            helper.make_node("NonZero", ["hit"], ["nz"]),  # [2, M]: (group, query)
+            helper.make_node("Transpose", ["nz"], ["pairs"], perm=[1, 0]),  # [M, 2]
+            helper.make_node("Split", ["nz"], ["g2", "q2"], axis=0, num_outputs=2),  # [1, M] each
+            helper.make_node("Squeeze", ["g2", "axis0"], ["g"]),
+            helper.make_node("Squeeze", ["q2", "axis0"], ["qi"]),
+            # flat index of s3[g, j, qi] = (g * G + j) * Q + qi
+            helper.make_node("Mul", ["g", "group"], ["g0"]),
+            helper.make_node("Unsqueeze", ["g0", "axis1"], ["g0c"]),  # [M, 1]
+            helper.make_node("Add", ["g0c", "within"], ["rowsg"]),  # [M, G]
+            helper.make_node("Mul", ["rowsg", "qdim"], ["off"]),
+            helper.make_node("Unsqueeze", ["qi", "axis1"], ["qic"]),
+            helper.make_node("Add", ["off", "qic"], ["flat_idx"]),  # [M, G]
+            helper.make_node("Reshape", ["s", "minus1"], ["sflat"]),
+            helper.make_node("Gather", ["sflat", "flat_idx"], ["blk"], axis=0),  # [M, G]
+            helper.make_node("Cast", ["blk"], ["scores"], to=TP.FLOAT),
+        ]
+        outputs = [
+            helper.make_tensor_value_info("scores", TP.FLOAT, ["M", GROUP]),
+            helper.make_tensor_value_info("pairs", TP.INT64, ["M", 2]),
+        ]
+    else:
+        inputs.append(helper.make_tensor_value_info("kk", TP.INT64, [1]))
+        nodes += [
+            helper.make_node("Transpose", ["gmax"], ["gmaxt"], perm=[1, 0]),  # [Q, n/G]
+            helper.make_node("TopK", ["gmaxt", "kk"], ["gval", "gidxt"], axis=1, sorted=0),  # [Q, kk]
+            helper.make_node("Transpose", ["gidxt"], ["gidx"], perm=[1, 0]),  # [kk, Q]
+            helper.make_node("Unsqueeze", ["gidx", "axis1"], ["gidx3"]),  # [kk, 1, Q]
+            helper.make_node("Expand", ["gidx3", "expand"], ["gidxe"]),  # [kk, G, Q]
+            helper.make_node("GatherElements", ["s3", "gidxe"], ["blk"], axis=0),  # [kk, G, Q]
+            helper.make_node("Reshape", ["blk", "flat"], ["cand"]),  # [kk*G, Q]
+            helper.make_node("Transpose", ["cand"], ["candt"], perm=[1, 0]),  # [Q, kk*G]
+            helper.make_node("TopK", ["candt", "kk"], ["top", "local"], axis=1, sorted=0),  # [Q, kk]
+            helper.make_node("Cast", ["top"], ["scores"], to=TP.FLOAT),
+            helper.make_node("Div", ["local", "group"], ["slot"]),
+            helper.make_node("Mod", ["local", "group"], ["within"]),
+            helper.make_node("GatherElements", ["gidxt", "slot"], ["grp"], axis=1),  # [Q, kk]
+            helper.make_node("Mul", ["grp", "group"], ["base"]),
+            helper.make_node("Add", ["base", "within"], ["rows"]),  # [Q, kk] rows in chunk
+        ]
+        outputs = [
             helper.make_tensor_value_info("scores", TP.FLOAT, ["Q", "k"]),
             helper.make_tensor_value_info("rows", TP.INT64, ["Q", "k"]),
-        ],
+        ]
+    graph = helper.make_graph(
+        nodes,
+        f"mrl_infer_scan_{precision}{'_above' if above else ''}",
+        inputs,
+        outputs,
         inits,
     )
     model = helper.make_model(
@@ -122,9 +162,9 @@ def main() -> int:
     check = "--check" in sys.argv[1:]
     OUT.mkdir(parents=True, exist_ok=True)
     stale = []
-    for precision in ("float16", "int8", "ubinary"):
-        data = build(precision).SerializeToString()
-        path = OUT / f"scan_{precision}.onnx"
+    for precision, above in itertools.product(("float16", "int8", "ubinary"), (False, True)):
+        data = build(precision, above).SerializeToString()
+        path = OUT / f"scan_{precision}{'_above' if above else ''}.onnx"
         if check:
             if not path.is_file() or path.read_bytes() != data:
                 stale.append(str(path))

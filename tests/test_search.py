@@ -59,6 +59,27 @@ def test_scan_graph_equals_numpy_top_k(precision: str, n: int) -> None:
     assert all(len(set(r)) == kk for r in rows.tolist())
 
 
+
+@pytest.mark.parametrize("precision", _scan.SHORTLIST_PRECISIONS)
+def test_scan_past_the_first_chunk_keeps_every_row_that_beats_the_running_cut(precision: str) -> None:
+    # After the first chunk only rows at or above each query's running cut come back from the
+    # graph. Rows sorted by query 0's score, ascending, make every later chunk beat the cut for
+    # query 0 (and miss it for query 1, whose order is the reverse); duplicated rows make ties.
+    n = 3 * _scan.CHUNK + 13  # a tail that is not whole groups goes through numpy
+    x = mrl_like(n // 2 + 1, 64, seed=3)
+    x = np.concatenate([x, x])[:n]
+    q = mrl_like(3, 64, seed=4)
+    q[1] = -q[0]
+    tier = _scan.make_tier(x, 64, precision)
+    ref = (tier.decode(0, n) @ tier.query(q).astype(np.float32)).T
+    tier = _scan.make_tier(x[np.argsort(ref[0], kind="stable")], 64, precision)
+    ref = (tier.decode(0, n) @ tier.query(q).astype(np.float32)).T
+    kk = 300
+    scores, rows = _scan.shortlist(tier, q, kk)
+    np.testing.assert_array_equal(scores, -np.sort(-ref, axis=1)[:, :kk])
+    np.testing.assert_array_equal(np.take_along_axis(ref, rows, 1), scores)
+    assert all(len(set(r)) == kk for r in rows.tolist())
+
 def test_shipped_scan_graphs_are_what_the_builder_writes() -> None:
     pytest.importorskip("onnx")
     r = subprocess.run(
