@@ -623,10 +623,12 @@ def main() -> int:
     result["load_after"] = round(os.getloadavg()[0], 2)
     result["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if not args.quick:
-        if RESULTS.is_file():  # keep a 10M row measured earlier (--ten-million), which this run does not redo
-            earlier = json.loads(RESULTS.read_text(encoding="utf-8"))["speed"].get("ten_million")
-            if earlier:
-                result["speed"]["ten_million"] = earlier
+        if RESULTS.is_file():  # keep what --ten-million and --hnsw measured earlier (not redone here)
+            earlier = json.loads(RESULTS.read_text(encoding="utf-8"))
+            if earlier["speed"].get("ten_million"):
+                result["speed"]["ten_million"] = earlier["speed"]["ten_million"]
+            if earlier.get("hnsw"):
+                result["hnsw"] = earlier["hnsw"]
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         RESULTS.with_suffix(".md").write_text(markdown(result), encoding="utf-8")

@@ -59,7 +59,6 @@ def test_scan_graph_equals_numpy_top_k(precision: str, n: int) -> None:
     assert all(len(set(r)) == kk for r in rows.tolist())
 
 
-
 @pytest.mark.parametrize("precision", _scan.SHORTLIST_PRECISIONS)
 def test_scan_past_the_first_chunk_keeps_every_row_that_beats_the_running_cut(precision: str) -> None:
     # After the first chunk only rows at or above each query's running cut come back from the
@@ -79,6 +78,7 @@ def test_scan_past_the_first_chunk_keeps_every_row_that_beats_the_running_cut(pr
     np.testing.assert_array_equal(scores, -np.sort(-ref, axis=1)[:, :kk])
     np.testing.assert_array_equal(np.take_along_axis(ref, rows, 1), scores)
     assert all(len(set(r)) == kk for r in rows.tolist())
+
 
 def test_shipped_scan_graphs_are_what_the_builder_writes() -> None:
     pytest.importorskip("onnx")

@@ -39,11 +39,14 @@ CHUNK = 65_536
 GROUP = 8
 #: Queries per scan pass: every query of a block shares one pass over the tier.
 QUERY_BLOCK = 256
-#: Candidates per query from which chunks after the first go through the ``_above`` graphs (only
-#: the rows that reach each query's cut) instead of two TopKs. At 64 queries over 1M 128-d int8
-#: rows (both ways interleaved in one process, Zen 5, 2 cores) it took 109 vs 173 ms at 480,
-#: 73 vs 98 at 160, 70 vs 77 at 80, the same at 40 and 20, 84 vs 77 at 10; one query: the same.
+#: From how many candidates per query, and how many queries in a block, chunks after the first go
+#: through the ``_above`` graphs (only the rows that reach each query's cut) instead of two TopKs.
+#: Over 1M 128-d int8 rows (benchmarks/search.py's structured vectors; both ways interleaved in one
+#: process; Zen 5, 2 cores), 64 queries took 109 vs 173 ms at 480 candidates, 73 vs 98 at 160,
+#: 70 vs 77 at 80, the same at 40 and 20, 84 vs 77 at 10; at 480 candidates, 16 queries 0.50x the
+#: time and 4 queries 0.65x, but one query 1.1-1.4x (median 12.6 vs 8.5 ms: its TopKs are cheap).
 CUT_MIN_KK = 64
+CUT_MIN_QUERIES = 2
 _GRAPHS = Path(__file__).with_name("graphs")
 
 
@@ -222,11 +225,11 @@ def _dense(nq: int, qi: np.ndarray, s: np.ndarray, r: np.ndarray) -> tuple[np.nd
 def _scan_block(tier: Tier, q: np.ndarray, kk: int, threads: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Top ``kk`` rows for the query block ``q`` (``[dim, Q]``, from :meth:`Tier.query`).
 
-    Chunks go through the TopK graph until each query holds ``kk`` candidates; after that, through
-    the ``_above`` graph, which returns only the rows that reach the query's cut (its ``kk``-th
-    best kept score; from ``CUT_MIN_KK`` candidates on): rows below it cannot enter the result, so
-    the result is the same. Rows that pass are merged into the kept ones (and the cut raised) once
-    they add up to ``kk`` a query.
+    Chunks go through the TopK graph until each query holds ``kk`` candidates; after that (from
+    ``CUT_MIN_KK`` candidates and ``CUT_MIN_QUERIES`` queries on), through the ``_above`` graph,
+    which returns only the rows that reach the query's cut (its ``kk``-th best kept score): rows
+    below it cannot enter the result, so the result is the same. Rows that pass are merged into the
+    kept ones (and the cut raised) once they add up to ``kk`` a query.
     """
     n = len(tier)
     nq = q.shape[1]
@@ -237,14 +240,14 @@ def _scan_block(tier: Tier, q: np.ndarray, kk: int, threads: int | None) -> tupl
     kept_s = [np.empty((nq, 0), np.float32)]
     kept_r = [np.empty((nq, 0), np.int64)]
     width = pending = 0  # kept columns; rows passed since the last merge
-    cut = None
+    cut = below = None
     for start in range(0, n, CHUNK):
         stop = min(n, start + CHUNK)
         whole = (stop - start) // GROUP * GROUP  # the graphs take whole groups
         kc = min(kk, stop - start)
-        if whole and cut is not None and kk >= CUT_MIN_KK:
+        if whole and cut is not None and kk >= CUT_MIN_KK and nq >= CUT_MIN_QUERIES:
             cand, pairs = above.run(  # type: ignore[attr-defined]
-                None, {"t": tier.data[start : start + whole], "q": q, "thr": cut}
+                None, {"t": tier.data[start : start + whole], "q": q, "below": below}
             )
             if len(pairs):
                 rows = start + pairs[:, :1] * GROUP + np.arange(GROUP)  # [M, G]
@@ -276,6 +279,9 @@ def _scan_block(tier: Tier, q: np.ndarray, kk: int, threads: int | None) -> tupl
             # kk real scores a query (padding is -inf and never selected over a real score);
             # int8 and ubinary scores are integers, held exactly in float32
             cut = s.min(axis=1).astype(cut_type)
+            # the largest score under the cut: integers for int8 and ubinary, the next float down
+            # for float16 tiers (their float32 scores differ from it only when they reach the cut)
+            below = cut - 1 if cut_type is np.int32 else np.nextafter(cut, np.float32(-np.inf))
     return top_k(np.concatenate(kept_s, 1), np.concatenate(kept_r, 1), kk)
 
 
