@@ -163,13 +163,37 @@ def build(precision: str, above: bool = False) -> onnx.ModelProto:
     return model
 
 
+def build_cast() -> onnx.ModelProto:
+    """float16 ``[n, d]`` -> float32: the rerank tier's rows. onnxruntime converts with F16C
+    (1.8 ms for 30,000 x 384 rows, bit-identical) where numpy's astype took 18 ms on Zen 5."""
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TP.FLOAT)],
+        "mrl_infer_cast_float16",
+        [helper.make_tensor_value_info("x", TP.FLOAT16, ["n", "d"])],
+        [helper.make_tensor_value_info("y", TP.FLOAT, ["n", "d"])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 18)],
+        producer_name="mrl_infer scripts/build_scan_graphs.py",
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def main() -> int:
     check = "--check" in sys.argv[1:]
     OUT.mkdir(parents=True, exist_ok=True)
     stale = []
-    for precision, above in itertools.product(("float16", "int8", "ubinary"), (False, True)):
-        data = build(precision, above).SerializeToString()
-        path = OUT / f"scan_{precision}{'_above' if above else ''}.onnx"
+    graphs = {
+        f"scan_{precision}{'_above' if above else ''}.onnx": build(precision, above)
+        for precision, above in itertools.product(("float16", "int8", "ubinary"), (False, True))
+    }
+    graphs["cast_float16.onnx"] = build_cast()
+    for name, model in graphs.items():
+        data = model.SerializeToString()
+        path = OUT / name
         if check:
             if not path.is_file() or path.read_bytes() != data:
                 stale.append(str(path))

@@ -144,7 +144,7 @@ class _Sessions:
         self._sessions: dict[tuple[str, int | None], object] = {}
 
     def get(self, graph: str, threads: int | None) -> object:
-        """The session of ``graphs/scan_{graph}.onnx`` (e.g. ``int8``, ``int8_above``)."""
+        """The session of ``graphs/{graph}.onnx`` (e.g. ``scan_int8``, ``cast_float16``)."""
         key = (graph, threads)
         with self._lock:
             if key not in self._sessions:
@@ -154,7 +154,7 @@ class _Sessions:
                 so.log_severity_level = 3
                 if threads:
                     so.intra_op_num_threads = threads
-                path = str(_GRAPHS / f"scan_{graph}.onnx")
+                path = str(_GRAPHS / f"{graph}.onnx")
                 self._sessions[key] = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
             return self._sessions[key]
 
@@ -170,6 +170,16 @@ def _select(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, n
         scores = np.take_along_axis(scores, part, 1)
         rows = np.take_along_axis(rows, part, 1)
     return scores, rows
+
+
+def as_float32(x: np.ndarray) -> np.ndarray:
+    """``x`` (``[n, d]``) as float32; float16 goes through onnxruntime's Cast (F16C, ~10x numpy's
+    astype, bit-identical), which reads a memory-mapped array in place."""
+    if x.dtype != np.float16 or x.size < 4096:
+        return np.asarray(x, dtype=np.float32)
+    # one thread: a second session's pool would spin beside the scan's threads on 2 cores
+    session = _SESSIONS.get("cast_float16", 1)
+    return session.run(None, {"x": np.ascontiguousarray(x)})[0]  # type: ignore[attr-defined, no-any-return]
 
 
 def top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,8 +243,8 @@ def _scan_block(tier: Tier, q: np.ndarray, kk: int, threads: int | None) -> tupl
     """
     n = len(tier)
     nq = q.shape[1]
-    session = _SESSIONS.get(tier.precision, threads)
-    above = _SESSIONS.get(f"{tier.precision}_above", threads)
+    session = _SESSIONS.get(f"scan_{tier.precision}", threads)
+    above = _SESSIONS.get(f"scan_{tier.precision}_above", threads)
     cut_type = np.float32 if tier.precision == "float16" else np.int32
     qf = q.astype(np.float32)
     kept_s = [np.empty((nq, 0), np.float32)]
@@ -325,21 +335,23 @@ class RowStore:
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """float32 ``[len(rows), dim]`` for sorted, distinct ``rows``."""
-        out = np.empty((len(rows), self.dim), np.float32)
+        parts = []
         offset = 0
         for seg in self.segments:
             lo, hi = np.searchsorted(rows, [offset, offset + len(seg)])
             if hi > lo:
-                out[lo:hi] = seg[rows[lo:hi] - offset]
+                parts.append(seg[rows[lo:hi] - offset])
             offset += len(seg)
-        return out
+        if not parts:
+            return np.empty((0, self.dim), np.float32)
+        return as_float32(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
     def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 block) over the whole tier, ``size`` rows at a time."""
         offset = 0
         for seg in self.segments:
             for start in range(0, len(seg), size):
-                yield offset + start, np.asarray(seg[start : start + size], dtype=np.float32)
+                yield offset + start, as_float32(seg[start : start + size])
             offset += len(seg)
 
 
