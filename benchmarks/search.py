@@ -60,7 +60,8 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f" {f}" in flags]
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_fp16", "amx_int8")
+    isa = [f for f in wanted if f" {f}" in flags]
     return {"cpu": model, "isa": isa, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
@@ -128,7 +129,7 @@ def interleaved(n: int = 1_000_000, rounds: int = 9) -> dict[str, Any]:
                 timed(lambda s=search, q1=q1: [s(q1[i : i + 1]) for i in range(10)], 1) / 10
             )
             times[name]["b64"].append(timed(lambda s=search: s(qv[:64]), 1))
-    out: dict[str, Any] = {"n": n, "rounds": rounds}
+    out: dict[str, Any] = {"n": n, "rounds": rounds, "machine": machine()}
     for name, t in times.items():
         out[name] = {
             "qps_batch1": 1 / statistics.median(t["b1"]),
@@ -582,9 +583,13 @@ def markdown(result: dict[str, Any]) -> str:
     iv = sp.get("interleaved")
     if iv:
         e, d = iv["exact"], iv["default"]
+        im = iv.get("machine", m)
+        stamp = f"{im['cpu']}, {', '.join(im['isa'])}; finished {iv.get('finished', '?')}, load " + (
+            f"{iv['load'][0]} -> {iv['load'][1]}" if "load" in iv else "?"
+        )
         out += [
             "",
-            f"Exact numpy and the default funnel timed in alternation ({iv['rounds']} rounds at "
+            f"Exact numpy and the default funnel timed in alternation ({stamp}; {iv['rounds']} rounds at "
             f"{iv['n']:,}; `interleaved()`): exact {e['qps_batch1']:.1f} / {e['qps_batch64']:.1f} q/s, "
             f"default {d['qps_batch1']:.1f} / {d['qps_batch64']:.1f} q/s (b1 / b64): **"
             f"{iv['speedup_b1']:.1f}x / {iv['speedup_b64']:.1f}x** exact (median of the rounds' ratios; "

@@ -182,6 +182,20 @@ def as_float32(x: np.ndarray) -> np.ndarray:
     return session.run(None, {"x": np.ascontiguousarray(x)})[0]  # type: ignore[attr-defined, no-any-return]
 
 
+def scores_against(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``q @ rows.T`` (float32 ``[Q, d]``, ``[U, d]``) in onnxruntime, on the calling thread.
+
+    Not numpy: OpenBLAS's threads spin after a GEMM and compete with the scan's onnxruntime pool
+    for the same cores (benchmarks/search.py: see scripts/build_scan_graphs.py's ``build_gemm``).
+    """
+    if q.size * len(rows) < 65_536:  # tiny: the session call costs more than the product
+        return q @ rows.T  # type: ignore[no-any-return]
+    session = _SESSIONS.get("gemm_float32", 1)
+    return session.run(  # type: ignore[attr-defined, no-any-return]
+        None, {"q": np.ascontiguousarray(q, np.float32), "rows": np.ascontiguousarray(rows, np.float32)}
+    )[0]
+
+
 def top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best ``k`` of each row of ``scores`` ``[Q, m]`` (with their ``rows``), best first."""
     scores, rows = _select(scores, rows, k)
@@ -376,7 +390,7 @@ def rerank(
         q = prefix_normalize(queries[b : b + 64], dim)  # [q, dim]
         # one GEMM against the distinct rows, then each query's own candidates: cheaper than
         # materializing [q, C, dim] (126 MB at 64 queries x 1,280 candidates), as fast at one query
-        scores = np.take_along_axis(q @ rows.T, inverse.reshape(cand.shape), 1)  # [q, C]
+        scores = np.take_along_axis(scores_against(q, rows), inverse.reshape(cand.shape), 1)  # [q, C]
         scores[missing[b : b + 64]] = -np.inf
         s, r = top_k(scores, cand, k)
         out_s.append(s)
