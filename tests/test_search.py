@@ -46,7 +46,13 @@ def recall(found: np.ndarray, ref: np.ndarray) -> float:
 
 @pytest.mark.parametrize("precision", _scan.SHORTLIST_PRECISIONS)
 @pytest.mark.parametrize("n", [7, 1000, _scan.CHUNK + 1003])
-def test_scan_graph_equals_numpy_top_k(precision: str, n: int) -> None:
+@pytest.mark.parametrize("few_query_chunks", [True, False])
+def test_scan_graph_equals_numpy_top_k(
+    precision: str, n: int, few_query_chunks: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 5 queries scan in chunks of up to CHUNK_MAX rows (one call here); at CHUNK, in two
+    if not few_query_chunks:
+        monkeypatch.setattr(_scan, "CHUNK_MAX", _scan.CHUNK)
     x = mrl_like(n, 64, seed=n)
     q = mrl_like(5, 64, seed=1)
     tier = _scan.make_tier(x, 32, precision)
@@ -60,7 +66,10 @@ def test_scan_graph_equals_numpy_top_k(precision: str, n: int) -> None:
 
 
 @pytest.mark.parametrize("precision", _scan.SHORTLIST_PRECISIONS)
-def test_scan_past_the_first_chunk_keeps_every_row_that_beats_the_running_cut(precision: str) -> None:
+def test_scan_past_the_first_chunk_keeps_every_row_that_beats_the_running_cut(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_scan, "CHUNK_MAX", _scan.CHUNK)  # 3 queries: chunks of CHUNK rows, as at 64
     # After the first chunk only rows at or above each query's running cut come back from the
     # graph. Rows sorted by query 0's score, ascending, make every later chunk beat the cut for
     # query 0 (and miss it for query 1, whose order is the reverse); duplicated rows make ties.
@@ -82,6 +91,14 @@ def test_scan_past_the_first_chunk_keeps_every_row_that_beats_the_running_cut(pr
     np.testing.assert_allclose(scores, -np.sort(-ref, axis=1)[:, :kk], rtol=rtol, atol=0)
     np.testing.assert_allclose(np.take_along_axis(ref, rows, 1), scores, rtol=rtol, atol=0)
     assert all(len(set(r)) == kk for r in rows.tolist())
+
+
+def test_chunks_grow_at_few_queries_within_their_bounds() -> None:
+    assert _scan.chunk_rows(64) == _scan.CHUNK
+    assert _scan.chunk_rows(_scan.QUERY_BLOCK) == _scan.CHUNK
+    assert _scan.chunk_rows(1) == _scan.CHUNK_MAX
+    assert _scan.CHUNK < _scan.chunk_rows(12) < _scan.CHUNK_MAX
+    assert all(_scan.chunk_rows(q) % _scan.GROUP == 0 for q in range(1, 300))
 
 
 def test_shipped_scan_graphs_are_what_the_builder_writes() -> None:

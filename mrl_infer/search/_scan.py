@@ -7,8 +7,8 @@ The shortlist scan runs in onnxruntime (already a runtime dependency): one small
 precision (``graphs/scan_*.onnx``, written by ``scripts/build_scan_graphs.py``) scores a chunk of
 the tier against a block of queries (one GEMM, both cores) and returns that chunk's exact top
 ``kk`` through a grouped max-reduce and two TopKs, so neither the score matrix nor the selection
-ever goes through per-query Python. Chunks of ``CHUNK`` rows bound memory for any N:
-a ``[QUERY_BLOCK, CHUNK]`` float32 score block (64 MiB) at most.
+ever goes through per-query Python. Chunks of ``CHUNK`` rows (more at few queries: ``chunk_rows``)
+bound memory for any N: a ``[QUERY_BLOCK, CHUNK]`` score block (64 MiB) at most.
 
 The ``faiss`` engine (the ``[faiss]`` extra) scans ubinary tiers by Hamming distance between the
 query's sign bits and the rows' (faiss ``IndexBinaryFlat``, popcount in compiled code): a cheaper
@@ -35,6 +35,12 @@ RERANK_PRECISIONS = ("float16", "float32")
 #: Rows per onnxruntime call. 65,536 rows: the fewest calls at which the score block still fits
 #: the cache-friendly range measured in benchmarks/search.py (16k was slower, 256k no faster).
 CHUNK = 65_536
+#: At few queries a block, chunks grow to hold about ``CHUNK_SCORES`` scores, up to ``CHUNK_MAX``
+#: rows: one query's call costs ~0.3 ms more than its GEMV of 65,536 rows, so larger chunks pay.
+#: Over 1M 128-d int8 rows (Sapphire Rapids, 2 cores), one query took 11.0 ms at 512k-row chunks
+#: against 15.9 ms at 65,536 (12.0 at 256k; 64 queries unchanged at their 65,536).
+CHUNK_SCORES = 64 * CHUNK
+CHUNK_MAX = 1 << 19
 #: Rows per group of the grouped max-reduce inside the scan graphs (scripts/build_scan_graphs.py).
 GROUP = 8
 #: Queries per scan pass: every query of a block shares one pass over the tier.
@@ -246,6 +252,11 @@ def _dense(nq: int, qi: np.ndarray, s: np.ndarray, r: np.ndarray) -> tuple[np.nd
     return out_s, out_r
 
 
+def chunk_rows(queries: int) -> int:
+    """Rows per scan call for a block of ``queries``: ``CHUNK``, more at few queries (``CHUNK_SCORES``)."""
+    return max(CHUNK, min(CHUNK_MAX, CHUNK_SCORES // max(queries, 1) // GROUP * GROUP))
+
+
 def _scan_block(tier: Tier, q: np.ndarray, kk: int, threads: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Top ``kk`` rows for the query block ``q`` (``[dim, Q]``, from :meth:`Tier.query`).
 
@@ -265,8 +276,9 @@ def _scan_block(tier: Tier, q: np.ndarray, kk: int, threads: int | None) -> tupl
     kept_r = [np.empty((nq, 0), np.int64)]
     width = pending = 0  # kept columns; rows passed since the last merge
     cut = below = None
-    for start in range(0, n, CHUNK):
-        stop = min(n, start + CHUNK)
+    chunk = chunk_rows(nq)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
         whole = (stop - start) // GROUP * GROUP  # the graphs take whole groups
         kc = min(kk, stop - start)
         if whole and cut is not None and kk >= CUT_MIN_KK and nq >= CUT_MIN_QUERIES:
