@@ -504,6 +504,14 @@ def _mb(b: float) -> str:
     return f"{b / 1e6:,.0f} MB" if b >= 1e6 else f"{b / 1e6:.1f} MB"
 
 
+def _elsewhere(section: dict[str, Any], m: dict[str, Any]) -> str:
+    """" (measured on ...)" when a kept section ran on another machine than the run's header says."""
+    sm = section.get("machine", m)
+    if (sm["cpu"], sm["isa"]) == (m["cpu"], m["isa"]):
+        return ""
+    return f" (measured on another machine: {sm['cpu']}, {', '.join(sm['isa'])})"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The Pareto, quality and scaling tables of a run, as docs/search.md shows them."""
     m, sp = result["machine"], result["speed"]
@@ -566,7 +574,7 @@ def markdown(result: dict[str, Any]) -> str:
     t = sp.get("ten_million")
     if t:
         out.append(
-            f"| {t['n']:,} (index memory-mapped) | {t['exact']['qps_batch1']:.1f} / "
+            f"| {t['n']:,} (index memory-mapped{_elsewhere(t, m)}) | {t['exact']['qps_batch1']:.1f} / "
             f"{t['exact']['qps_batch64']:.1f} | {t['default']['qps_batch1']:.1f} / "
             f"{t['default']['qps_batch64']:.1f} | {_mb(t['shortlist_bytes'])} | {_mb(t['rerank_bytes'])} | "
             f"{_mb(t['float32_bytes'])} |"
@@ -599,6 +607,7 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("hnsw"):
         h = result["hnsw"]
         head = f"### The hnsw engine (finished {h['finished']}, load {h['load'][0]} -> {h['load'][1]})"
+        head += _elsewhere(h, m)
         out += ["", head, ""]
         out.append(hnsw_markdown(h).rstrip("\n"))
     return "\n".join(out) + "\n"
@@ -690,10 +699,12 @@ def main() -> int:
     if not args.quick:
         if RESULTS.is_file():  # keep what --ten-million and --hnsw measured earlier (not redone here)
             earlier = json.loads(RESULTS.read_text(encoding="utf-8"))
+            # each kept section names the machine it ran on (the run's own may be another kind)
             if earlier["speed"].get("ten_million"):
-                result["speed"]["ten_million"] = earlier["speed"]["ten_million"]
+                kept = earlier["speed"]["ten_million"]
+                result["speed"]["ten_million"] = {"machine": earlier["machine"]} | kept
             if earlier.get("hnsw"):
-                result["hnsw"] = earlier["hnsw"]
+                result["hnsw"] = {"machine": earlier["machine"]} | earlier["hnsw"]
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         RESULTS.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
