@@ -86,7 +86,7 @@ def test_scan_past_the_first_chunk_keeps_every_row_that_beats_the_running_cut(
     scores, rows = _scan.shortlist(tier, q, kk)
     # int8 and ubinary scores are sums of integers, exact in float32; float16 goes through
     # onnxruntime's GEMM, whose summation order differs from numpy's by an ulp on some CPUs
-    # (seen on Sapphire Rapids), so there the comparison allows that much.
+    # (seen on an Intel Xeon with AMX), so there the comparison allows that much.
     rtol = 1e-6 if precision == "float16" else 0
     np.testing.assert_allclose(scores, -np.sort(-ref, axis=1)[:, :kk], rtol=rtol, atol=0)
     np.testing.assert_allclose(np.take_along_axis(ref, rows, 1), scores, rtol=rtol, atol=0)

@@ -37,7 +37,7 @@ RERANK_PRECISIONS = ("float16", "float32")
 CHUNK = 65_536
 #: At few queries a block, chunks grow to hold about ``CHUNK_SCORES`` scores, up to ``CHUNK_MAX``
 #: rows: one query's call costs ~0.3 ms more than its GEMV of 65,536 rows, so larger chunks pay.
-#: Over 1M 128-d int8 rows (Sapphire Rapids, 2 cores), one query took 11.0 ms at 512k-row chunks
+#: Over 1M 128-d int8 rows (Intel Xeon with AMX, 2 cores), one query took 11.0 ms at 512k-row chunks
 #: against 15.9 ms at 65,536 (12.0 at 256k; 64 queries unchanged at their 65,536).
 CHUNK_SCORES = 64 * CHUNK
 CHUNK_MAX = 1 << 19
