@@ -160,6 +160,10 @@ class _Sessions:
                 so.log_severity_level = 3
                 if threads:
                     so.intra_op_num_threads = threads
+                # a search alternates between sessions (TopK and cut graphs, the cast, the rerank);
+                # a pool that spins after its run takes the cores from the next session's: 64 queries
+                # over 1M rows 118 vs 133 ms (Intel Xeon with AMX, interleaved), one query unchanged
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 path = str(_GRAPHS / f"{graph}.onnx")
                 self._sessions[key] = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
             return self._sessions[key]
@@ -183,23 +187,25 @@ def as_float32(x: np.ndarray) -> np.ndarray:
     astype, bit-identical), which reads a memory-mapped array in place."""
     if x.dtype != np.float16 or x.size < 4096:
         return np.asarray(x, dtype=np.float32)
-    # one thread: a second session's pool would spin beside the scan's threads on 2 cores
-    session = _SESSIONS.get("cast_float16", 1)
+    session = _SESSIONS.get("cast_float16", None)
     return session.run(None, {"x": np.ascontiguousarray(x)})[0]  # type: ignore[attr-defined, no-any-return]
 
 
 def scores_against(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``q @ rows.T`` (float32 ``[Q, d]``, ``[U, d]``) in onnxruntime, on the calling thread.
+    """``q @ rows.T`` (float32 ``[Q, d]``; rows ``[U, d]`` float32 or float16) in onnxruntime.
 
     Not numpy: OpenBLAS's threads spin after a GEMM and compete with the scan's onnxruntime pool
-    for the same cores (benchmarks/search.py: see scripts/build_scan_graphs.py's ``build_gemm``).
+    for the same cores (see scripts/build_scan_graphs.py's ``build_gemm``). float16 rows are cast
+    in the graph: the same numbers as casting first.
     """
     if q.size * len(rows) < 65_536:  # tiny: the session call costs more than the product
-        return q @ rows.T  # type: ignore[no-any-return]
-    session = _SESSIONS.get("gemm_float32", 1)
-    return session.run(  # type: ignore[attr-defined, no-any-return]
-        None, {"q": np.ascontiguousarray(q, np.float32), "rows": np.ascontiguousarray(rows, np.float32)}
-    )[0]
+        return q @ np.asarray(rows, np.float32).T  # type: ignore[no-any-return]
+    graph = "gemm_float16" if rows.dtype == np.float16 else "gemm_float32"
+    session = _SESSIONS.get(graph, None)
+    feed = {"q": np.ascontiguousarray(q, np.float32), "rows": np.ascontiguousarray(rows)}
+    if rows.dtype != np.float16:
+        feed["rows"] = np.ascontiguousarray(rows, np.float32)
+    return session.run(None, feed)[0]  # type: ignore[attr-defined, no-any-return]
 
 
 def top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -361,6 +367,10 @@ class RowStore:
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """float32 ``[len(rows), dim]`` for sorted, distinct ``rows``."""
+        return as_float32(self.take(rows))
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """``[len(rows), dim]`` as stored (float16 or float32) for sorted, distinct ``rows``."""
         parts = []
         offset = 0
         for seg in self.segments:
@@ -369,8 +379,8 @@ class RowStore:
                 parts.append(seg[rows[lo:hi] - offset])
             offset += len(seg)
         if not parts:
-            return np.empty((0, self.dim), np.float32)
-        return as_float32(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            return np.empty((0, self.dim), self.precision)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 block) over the whole tier, ``size`` rows at a time."""
@@ -396,9 +406,8 @@ def rerank(
     for b in range(0, len(queries), 64):
         cand = candidates[b : b + 64]  # [q, C]
         uniq, inverse = np.unique(cand, return_inverse=True)
-        rows = store.gather(uniq)  # [U, D]
-        if dim < store.dim:
-            rows = prefix_normalize(rows, dim)
+        # full dim: the stored rows as they are (float16 is cast inside the GEMM's graph)
+        rows = store.take(uniq) if dim == store.dim else prefix_normalize(store.gather(uniq), dim)
         q = prefix_normalize(queries[b : b + 64], dim)  # [q, dim]
         # one GEMM against the distinct rows, then each query's own candidates: cheaper than
         # materializing [q, C, dim] (126 MB at 64 queries x 1,280 candidates), as fast at one query
