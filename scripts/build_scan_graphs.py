@@ -36,6 +36,18 @@ def _i64(name: str, values: list[int]) -> onnx.TensorProto:
     return helper.make_tensor(name, TP.INT64, [len(values)], values)
 
 
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    """The graph as a checked opset-18 model (IR 8, which onnxruntime 1.32 reads)."""
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 18)],
+        producer_name="mrl_infer scripts/build_scan_graphs.py",
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def build(precision: str, above: bool = False) -> onnx.ModelProto:
     """The scan graph for a tier stored as float16, int8 (as uint8 = int8 + 128) or ubinary.
 
@@ -153,14 +165,7 @@ def build(precision: str, above: bool = False) -> onnx.ModelProto:
         outputs,
         inits,
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 18)],
-        producer_name="mrl_infer scripts/build_scan_graphs.py",
-    )
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return _model(graph)
 
 
 def build_cast() -> onnx.ModelProto:
@@ -172,14 +177,7 @@ def build_cast() -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TP.FLOAT16, ["n", "d"])],
         [helper.make_tensor_value_info("y", TP.FLOAT, ["n", "d"])],
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 18)],
-        producer_name="mrl_infer scripts/build_scan_graphs.py",
-    )
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return _model(graph)
 
 
 def build_gemm(rows_type: int = TP.FLOAT) -> onnx.ModelProto:
@@ -201,14 +199,7 @@ def build_gemm(rows_type: int = TP.FLOAT) -> onnx.ModelProto:
         ],
         [helper.make_tensor_value_info("s", TP.FLOAT, ["Q", "U"])],
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 18)],
-        producer_name="mrl_infer scripts/build_scan_graphs.py",
-    )
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return _model(graph)
 
 
 def main() -> int:
