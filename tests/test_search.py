@@ -73,7 +73,7 @@ def test_scan_past_the_first_chunk_keeps_every_row_that_beats_the_running_cut(
     # After the first chunk only rows at or above each query's running cut come back from the
     # graph. Rows sorted by query 0's score, ascending, make every later chunk beat the cut for
     # query 0 (and miss it for query 1, whose order is the reverse); duplicated rows make ties.
-    n = 3 * _scan.CHUNK + 13  # a tail that is not whole groups goes through numpy
+    n = 4 * _scan.CHUNK + 13  # a first chunk of 2 * CHUNK, two more; a tail of 13 rows goes through numpy
     x = mrl_like(n // 2 + 1, 64, seed=3)
     x = np.concatenate([x, x])[:n]
     q = mrl_like(3, 64, seed=4)

@@ -17,6 +17,7 @@ score than the asymmetric one, so it needs a larger prefix or more oversampling 
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -283,8 +284,13 @@ def _scan_block(tier: Tier, q: np.ndarray, kk: int, threads: int | None) -> tupl
     width = pending = 0  # kept columns; rows passed since the last merge
     cut = below = None
     chunk = chunk_rows(nq)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
+    first = chunk
+    if kk >= CUT_MIN_KK and nq >= CUT_MIN_QUERIES:
+        # a first chunk of twice the rows sets a tighter cut for the rest (64 queries x 480 over 1M
+        # rows: 74 vs 80 ms; half the rows: 85 ms), within the [QUERY_BLOCK, CHUNK] score bound
+        first = max(GROUP, min(2 * chunk, QUERY_BLOCK * CHUNK // nq) // GROUP * GROUP)
+    bounds = [0, *range(first, n, chunk), n] if n > first else [0, n]
+    for start, stop in itertools.pairwise(bounds if n else []):
         whole = (stop - start) // GROUP * GROUP  # the graphs take whole groups
         kc = min(kk, stop - start)
         if whole and cut is not None and kk >= CUT_MIN_KK and nq >= CUT_MIN_QUERIES:
