@@ -648,7 +648,7 @@ def main() -> int:
     ap.add_argument(
         "--interleaved",
         action="store_true",
-        help="only exact numpy vs the default funnel in alternation at 1M (~3 min), added to the results",
+        help="only exact numpy vs the default funnel in alternation at 1M (~1 min), added to the results",
     )
     ap.add_argument(
         "--hnsw",
