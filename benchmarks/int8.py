@@ -56,6 +56,15 @@ def _scratch_dir(src: Path, out: Path) -> tuple[Path, dict]:
     return tmp, manifest
 
 
+def _weight_range(option: str) -> str:
+    """The manifest's ``weight_range`` of an option's int8 file: it picks the runtime's int8 kernel
+    (full-range s8 weights run as u8u8 on x86 without VNNI, mrl_infer._session.int8_kernel)."""
+    from mrl_export._int8_options import OPTIONS
+
+    o = OPTIONS[option]
+    return "full" if o["weight"] == "QInt8" and not o["reduce_range"] else "reduced"
+
+
 def build(option: str, ours: Path, root: Path) -> Path:
     """A model dir identical to ``ours`` except that its int8 file is quantized with ``option``."""
     from mrl_export._int8_options import quantize_option
@@ -70,7 +79,7 @@ def build(option: str, ours: Path, root: Path) -> Path:
     t = time.perf_counter()
     note = quantize_option(ours / "model.onnx", tmp / "model_int8.onnx", option, calibration)
     v = manifest["variants"]["int8"]
-    v.update(file="model_int8.onnx", sha256=None, notes=note)
+    v.update(file="model_int8.onnx", sha256=None, notes=note, weight_range=_weight_range(option))
     for key in ("external_data", "external_data_sha256"):
         v.pop(key, None)
     manifest["variants"] = {"int8": v}
@@ -160,6 +169,8 @@ def rowquant_dir(variant: str, model_dir: Path, root: Path) -> Path:
     v = dict(manifest["variants"]["int8"], file="model_int8.onnx", sha256=None, notes=note)
     for key in ("parity", "external_data", "external_data_sha256"):  # one self-contained file now
         v.pop(key, None)
+    if base != "own":  # the option's weights, not the source dir's, decide the runtime's kernel
+        v["weight_range"] = _weight_range(base)
     manifest["variants"] = {"int8": v}
     (tmp / "mrl_infer.json").write_text(json.dumps(manifest, indent=1))
     tmp.rename(out)

@@ -199,6 +199,7 @@ def run_export(
         notes["fp32"] = _onnx.optimize_fp32(raw, fp32_path, model_type, optimize, num_heads, hidden, external)
         shutil.rmtree(work / "_raw")
         done("optimize", t0)
+        weight_ranges: dict[str, str] = {}
         for v in variants:
             if v == "fp32":
                 continue
@@ -206,6 +207,8 @@ def run_export(
             step(f"build {v}")
             if v == "int8":
                 notes[v] = _onnx.quantize_int8(fp32_path, work / files[v], quantize, external)
+                reduced = _onnx.quantize_options(quantize)["reduce_range"]
+                weight_ranges[v] = "reduced" if reduced else "full"
                 notes[v] += f"; base: {notes['fp32']}"
             else:
                 notes[v] = _onnx.convert_fp16(fp32_path, work / files[v], external)
@@ -234,6 +237,7 @@ def run_export(
                     pad_token_id=pad_id,
                     input_names=input_names,
                     prompt_length=prompt_length,
+                    weight_range=weight_ranges.get(v),
                 )
                 onnx_out[v] = emb
                 parity[v] = {
@@ -264,6 +268,7 @@ def run_export(
                 # the graph's sha256 covers only the .onnx file: hash its weights files too
                 external_data_sha256={n: _metadata.sha256_file(work / n) for n in external[v]},
                 graph_optimization="extended" if v in preoptimized else None,
+                weight_range=weight_ranges.get(v),
             )
             for v in variants
         }

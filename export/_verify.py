@@ -154,14 +154,22 @@ def run_onnx(
     prompt_length: int | None = None,
     batch_size: int = 16,
     threads: int | None = None,
+    weight_range: str | None = None,
 ) -> np.ndarray:
-    """Embed ``texts`` with the ONNX graph at ``path`` on CPU, in batches of mixed lengths."""
+    """Embed ``texts`` with the ONNX graph at ``path`` on CPU, in batches of mixed lengths.
+
+    ``weight_range`` (int8 graphs): the runtime's kernel choice for it on this CPU applies here too, so
+    the parity measured is what ``Embedder`` computes (mrl_infer._session.int8_kernel)."""
     import onnxruntime as ort
+
+    from mrl_infer._session import apply_int8_kernel, int8_kernel_here
 
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    if weight_range is not None:
+        apply_int8_kernel(so, int8_kernel_here(weight_range))
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     tokenizer = load_tokenizer(tokenizer_json, max_seq_length)
     outs: list[np.ndarray] = []

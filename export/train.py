@@ -419,8 +419,10 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
     trained = Path(args.ship)
     export_dir = Path(args.export_dir)
     if not (export_dir / "mrl_infer.json").exists() or args.reexport:
-        # The shipped file runs on every x86 CPU: reduce_range weights (the avx2 target) whatever this
-        # machine has; the activation mode is the export's $MRL_EXPORT_INT8_ACTIVATIONS setting.
+        # The shipped file runs on every x86 CPU. avx2 target: 7-bit (reduce_range) weights, u8s8
+        # everywhere; avx512_vnni: full-range weights, which the runtime runs as u8s8 on VNNI CPUs and
+        # as u8u8 elsewhere (the manifest's weight_range, mrl_infer._session.int8_kernel). The
+        # activation mode is the export's $MRL_EXPORT_INT8_ACTIVATIONS setting.
         if args.int8_activations:
             os.environ["MRL_EXPORT_INT8_ACTIVATIONS"] = args.int8_activations
         if args.int8_tables:
@@ -557,7 +559,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reexport", action="store_true")
     ap.add_argument("--variant", default="int8", help="variant shipped in mrl_infer/models/default")
     ap.add_argument(
-        "--quantize", default="avx2", help="int8 target of the shipped export (avx2: runs anywhere)"
+        "--quantize",
+        default="avx512_vnni",
+        help="int8 target of the shipped export: avx512_vnni (full-range weights: u8s8 on VNNI CPUs, u8u8 "
+        "on other x86, chosen at load) or avx2 (7-bit weights, u8s8 everywhere, less faithful)",
     )
     ap.add_argument(
         "--int8-activations",

@@ -212,16 +212,20 @@ class Embedder:
         self.dim: int = self._check_dim(dim)
         self._tokenizer = TextTokenizer(model_dir, manifest.tokenizer, self.max_seq_length)
         path = model_dir / manifest.variants[variant_name].file
-        preopt = manifest.variants[variant_name].graph_optimization == "extended"
+        chosen = manifest.variants[variant_name]
+        preopt = chosen.graph_optimization == "extended"
+        weight_range = (chosen.weight_range or "reduced") if chosen.precision == "int8" else None
         if verify_enabled(verify):
-            verify_variant(model_dir, manifest.variants[variant_name])
+            verify_variant(model_dir, chosen)
         try:
-            self._session = OnnxSession(path, kind, device_id, threads, session_config, preopt)
+            self._session = OnnxSession(path, kind, device_id, threads, session_config, preopt, weight_range)
         except DeviceError:
             if reason.startswith("auto"):
                 logger.warning("CUDA is available but failed to start; auto falls back to CPU")
                 kind, reason = "cpu", "auto: CUDA failed to start"
-                self._session = OnnxSession(path, kind, device_id, threads, session_config, preopt)
+                self._session = OnnxSession(
+                    path, kind, device_id, threads, session_config, preopt, weight_range
+                )
             else:
                 raise
         self._device_reason = reason
@@ -235,7 +239,14 @@ class Embedder:
         self._needs_prompt_length = "prompt_length" in self._session.input_names
         self._lock = threading.Lock()
         self._num_truncated = 0
-        logger.info("mrl_infer: %s on %s (%s), variant %s", model_dir, self.device, reason, variant_name)
+        logger.info(
+            "mrl_infer: %s on %s (%s), variant %s%s",
+            model_dir,
+            self.device,
+            reason,
+            variant_name,
+            f", int8 kernel {self.int8_kernel}" if self.int8_kernel else "",
+        )
 
     # ----------------------------------------------------------------- properties
     @property
@@ -269,6 +280,13 @@ class Embedder:
     @property
     def threads(self) -> int:
         return self._session.threads
+
+    @property
+    def int8_kernel(self) -> str | None:
+        """The integer GEMM of an int8 variant on CPU: "u8s8", or "u8u8" where the file's full-range
+        weights would saturate this CPU's u8s8 kernel (x86 without VNNI); None for float variants and
+        CUDA. ``$MRL_INFER_INT8_KERNEL`` (auto, u8s8, u8u8) overrides the choice."""
+        return self._session.int8_kernel
 
     @property
     def num_truncated(self) -> int:

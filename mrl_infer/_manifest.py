@@ -53,10 +53,17 @@ class Variant:
     # ``mrl-export --preoptimize``), so a CPU session skips the optimizers (faster session creation,
     # the same numbers); None: the runtime optimizes the graph when it loads it.
     graph_optimization: str | None = None
+    # int8 only: "full" = s8 weights use the whole [-127, 127] range, so on x86 CPUs without VNNI the
+    # runtime has onnxruntime widen them to u8 at load (its u8s8 kernel there saturates int16 pair sums);
+    # "reduced" = 7-bit weights (``reduce_range``), safe with every kernel; None: not recorded (treated
+    # as "reduced", what exports before this field wrote for their default avx2 target).
+    weight_range: str | None = None
 
 
 #: Values of ``Variant.graph_optimization`` besides None.
 GRAPH_OPTIMIZATIONS = ("extended",)
+#: Values of ``Variant.weight_range`` besides None.
+WEIGHT_RANGES = ("full", "reduced")
 
 
 @dataclass
@@ -89,6 +96,8 @@ class Manifest:
                 del v["external_data_sha256"]  # optional: absent rather than empty
             if v["graph_optimization"] is None:
                 del v["graph_optimization"]
+            if v["weight_range"] is None:
+                del v["weight_range"]
         return data
 
     @property
@@ -152,6 +161,12 @@ def parse_manifest(data: dict[str, Any], path: Path) -> Manifest:
                 f"{path}: variants.{name}.graph_optimization is {graph_opt!r}, expected one of "
                 f"{GRAPH_OPTIMIZATIONS} or absent"
             )
+        weight_range = v.get("weight_range")
+        if weight_range is not None and weight_range not in WEIGHT_RANGES:
+            raise ModelFormatError(
+                f"{path}: variants.{name}.weight_range is {weight_range!r}, expected one of "
+                f"{WEIGHT_RANGES} or absent"
+            )
         variants[name] = Variant(
             file=v["file"],
             precision=precision,
@@ -162,6 +177,7 @@ def parse_manifest(data: dict[str, Any], path: Path) -> Manifest:
             external_data=external,
             external_data_sha256=dict(digests),
             graph_optimization=graph_opt,
+            weight_range=weight_range,
         )
     dims = data.get("matryoshka_dims")
     if dims is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,74 @@ def physical_cores() -> int:
     return count_physical_cores(text, set(allowed))
 
 
+#: Overrides the int8 GEMM kernel choice for full-range int8 files (see :func:`int8_kernel`).
+INT8_KERNEL_ENV = "MRL_INFER_INT8_KERNEL"
+INT8_KERNELS = ("auto", "u8s8", "u8u8")
+#: CPU flags (Linux /proc/cpuinfo names) with which onnxruntime's u8s8 GEMM accumulates in int32
+#: (VPDPBUSD, AMX) instead of VPMADDUBSW's saturating int16 pair sums.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The ISA flags of the first processor in a /proc/cpuinfo text (empty if it has none)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def int8_kernel(weight_range: str | None, machine: str, flags: set[str] | None, env: str | None) -> str:
+    """The integer GEMM onnxruntime should use for an int8 file on this CPU: "u8s8" or "u8u8".
+
+    onnxruntime multiplies u8 activations by s8 weights. On x86 without VNNI (AVX2, AVX-512 without
+    VNNI) that kernel uses VPMADDUBSW, whose int16 sums of two products saturate when the weights use
+    the full s8 range, so a ``weight_range="full"`` file runs there as u8u8: onnxruntime adds 128 to
+    the weights when the session loads (``session.x64quantprecision``), the same integers, no saturation,
+    somewhat slower. VNNI CPUs, other architectures and 7-bit (``reduced``) files keep u8s8. ``flags``
+    None means the CPU's flags are unknown (not Linux): no VNNI is assumed, the safe side. ``env``
+    (``$MRL_INFER_INT8_KERNEL``) forces either kernel for full-range files.
+    """
+    choice = (env or "auto").strip().lower()
+    if choice not in INT8_KERNELS:
+        raise ValueError(f"${INT8_KERNEL_ENV} is {env!r}; expected one of {INT8_KERNELS}")
+    if weight_range != "full":
+        return "u8s8"
+    if choice != "auto":
+        return choice
+    if machine.lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "u8s8"
+    return "u8s8" if flags is not None and flags & VNNI_FLAGS else "u8u8"
+
+
+def this_cpu_flags() -> set[str] | None:
+    """This machine's CPU flags from /proc/cpuinfo, or None where it cannot be read."""
+    try:
+        with open(CPUINFO, encoding="utf-8") as f:
+            flags = cpu_flags(f.read())
+    except OSError:
+        return None
+    return flags or None
+
+
+def int8_kernel_here(weight_range: str | None) -> str:
+    """:func:`int8_kernel` for this machine and environment."""
+    return int8_kernel(weight_range, platform.machine(), this_cpu_flags(), os.environ.get(INT8_KERNEL_ENV))
+
+
+def apply_int8_kernel(opts: ort.SessionOptions, kernel: str) -> None:
+    """Session options for ``kernel``: for "u8u8", onnxruntime's s8-to-u8 weight rewrite, which runs
+    among its extended graph optimizations (so the level is raised to at least that)."""
+    if kernel != "u8u8":
+        return
+    opts.add_session_config_entry("session.x64quantprecision", "1")
+    if opts.graph_optimization_level in (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    ):
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+
+
 @dataclass(frozen=True)
 class DeviceChoice:
     """The device actually in use, and why it was chosen."""
@@ -91,10 +160,12 @@ class OnnxSession:
         threads: int | None,
         config: Mapping[str, str] | None = None,
         preoptimized: bool = False,
+        weight_range: str | None = None,
     ) -> None:
         """``preoptimized``: the file already holds onnxruntime's CPU graph optimizations, so a CPU
         session skips them (measured: session creation 41-64 ms instead of 68-146 ms for the shipped
-        per-row int8 graph, embeddings bit-identical)."""
+        per-row int8 graph, embeddings bit-identical). ``weight_range``: the int8 variant's (see
+        :func:`int8_kernel`); the kernel chosen is ``self.int8_kernel`` (None for float graphs)."""
         if not path.is_file():
             raise ModelFormatError(f"{path}: ONNX file is missing")
         opts = ort.SessionOptions()
@@ -109,9 +180,13 @@ class OnnxSession:
         opts.intra_op_num_threads = threads or physical_cores()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        self.int8_kernel: str | None = None
         if kind == "cpu":
             for key, value in CPU_CONFIG.items():
                 opts.add_session_config_entry(key, value)
+            if weight_range is not None:
+                self.int8_kernel = int8_kernel_here(weight_range)
+                apply_int8_kernel(opts, self.int8_kernel)
         for key, value in (config or {}).items():
             opts.add_session_config_entry(str(key), str(value))
         if kind == "cuda":

@@ -753,3 +753,27 @@ def test_cli_preoptimize_marks_cpu_variants_and_keeps_embeddings(tmp_path: Path,
         level = b._session.session.get_session_options().graph_optimization_level
         assert level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         np.testing.assert_allclose(b.encode(texts), a.encode(texts), atol=1e-5)
+
+
+@pytest.mark.parametrize(("target", "weight_range"), [("avx2", "reduced"), ("avx512_vnni", "full")])
+def test_export_records_the_int8_weight_range(
+    tmp_path: Path, tiny_bert: Path, target: str, weight_range: str
+) -> None:
+    """The manifest says whether the int8 weights use the full s8 range, which decides the runtime's
+    kernel on x86 without VNNI; the weights in the file agree with it."""
+    import onnx
+    from onnx import numpy_helper
+
+    from mrl_infer import Embedder
+
+    out = tmp_path / target
+    mrl_export.export(tiny_bert, out, variants=("int8",), dims=[32, 16], quantize=target, show_progress=False)
+    manifest = json.loads((out / "mrl_infer.json").read_text())
+    assert manifest["variants"]["int8"]["weight_range"] == weight_range
+    model = onnx.load(str(out / "model_int8.onnx"))
+    s8 = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    largest = max(int(np.abs(w.astype(np.int16)).max()) for w in s8 if w.size > 1)
+    assert (largest > 64) == (weight_range == "full"), largest
+    emb = Embedder(out, variant="int8", device="cpu")
+    assert emb.int8_kernel in ("u8s8", "u8u8")
+    assert emb.int8_kernel == "u8s8" or weight_range == "full"
