@@ -20,7 +20,8 @@ pair sums) would saturate on the graph's real u8 activations over 64 texts (an e
 A variant is ``BASE:ROWQ``: BASE ``own`` (the model dir's int8 file) or an option of
 export/_int8_options.py (quantized from the dir's fp32 ``model.onnx``); ROWQ ``pt`` (unchanged,
 per-tensor) or ``sym127``, ``sym63``, ``asym127``, ``asym63`` (the rewrite's mode and levels; ``-std``
-suffix on the 127 ones: standard ONNX ops only).
+suffix on the 127 ones: standard ONNX ops only). In ``speed``, ``BASE:ROWQ@u8u8`` (or ``@u8s8``) forces
+that int8 kernel (``$MRL_INFER_INT8_KERNEL``) for the variant.
 """
 
 from __future__ import annotations
@@ -249,14 +250,24 @@ def rowquant_quality(
 def rowquant_speed(variants: list[str], model_dir: Path, work: Path, n: int, passes: int) -> list[dict]:
     """sentences/s at batch 32, every variant in this process, passes interleaved (A B C A B C ...)."""
     from mrl_infer import Embedder
+    from mrl_infer._session import INT8_KERNEL_ENV
 
     texts, _ = corpus_mod.load(None, n)
-    embs = {
-        v: Embedder(model_dir, variant="fp32", device="cpu")
-        if v == "fp32"
-        else Embedder(rowquant_dir(v, model_dir, work), variant="int8", device="cpu")
-        for v in variants
-    }
+    embs = {}
+    for v in variants:
+        if v == "fp32":
+            embs[v] = Embedder(model_dir, variant="fp32", device="cpu")
+            continue
+        name, _, kernel = v.partition("@")  # BASE:ROWQ@u8u8 forces that int8 kernel
+        old = os.environ.pop(INT8_KERNEL_ENV, None)
+        if kernel:
+            os.environ[INT8_KERNEL_ENV] = kernel
+        try:
+            embs[v] = Embedder(rowquant_dir(name, model_dir, work), variant="int8", device="cpu")
+        finally:
+            os.environ.pop(INT8_KERNEL_ENV, None)
+            if old is not None:
+                os.environ[INT8_KERNEL_ENV] = old
     for e in embs.values():
         e.encode(texts[:128], batch_size=32)
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -270,6 +281,7 @@ def rowquant_speed(variants: list[str], model_dir: Path, work: Path, n: int, pas
     return [{"variant": v, "sent_s": round(n / statistics.median(ts), 1),
              "sent_s_range": [round(n / max(ts), 1), round(n / min(ts), 1)], "passes": passes,
              "threads": embs[v].threads if hasattr(embs[v], "threads") else None,
+             "int8_kernel": embs[v].int8_kernel,
              "load_before": round(load0, 2), "load_after": round(load1, 2)}
             for v, ts in times.items()]  # fmt: skip
 

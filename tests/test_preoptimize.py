@@ -39,10 +39,14 @@ def test_preoptimized_int8_gives_identical_embeddings_and_skips_the_optimizers(
         np.testing.assert_array_equal(pre.encode(texts, batch_size=bs), plain.encode(texts, batch_size=bs))
 
 
-def test_the_shipped_default_is_preoptimized() -> None:
+def test_the_shipped_default_is_preoptimized(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MRL_INFER_INT8_KERNEL", "u8s8")
     emb = Embedder()
     assert emb.manifest.variants[emb.variant].graph_optimization == "extended"
     assert _level(emb) == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # the u8u8 kernel (x86 without VNNI) needs onnxruntime's extended pass that widens the weights
+    monkeypatch.setenv("MRL_INFER_INT8_KERNEL", "u8u8")
+    assert _level(Embedder()) == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
 
 
 def test_an_unknown_graph_optimization_is_refused(minilm_model_dir: Path, tmp_path: Path) -> None:
