@@ -128,10 +128,12 @@ def test_covering_prefetch_equals_exact_search(mnli) -> None:
 def test_default_setting_recall_and_agreement_with_index(default_index: Index, client, mnli) -> None:
     """shortlist 128, oversample 32, k 10: recall against exact search, and the same ids as ``Index``.
 
-    Measured here (2,000 docs, 100 queries): recall@10 0.999 for both; the ids (same order) equal
-    ``Index.search``'s on 100/100 queries for its int8 tier and its float16 tier. At oversample 4
-    the int8 tier's candidates differ more from Qdrant's float32 prefix: 98/100 queries agree
-    (recall 0.895 both); the float16 tier rounds far less and agrees on 100/100. The thresholds
+    Measured here (2,000 docs, 100 queries): recall@10 0.998 for both (0.999 with the 7-bit int8
+    default); the ids (same order) equal ``Index.search``'s on 99/100 queries for its int8 tier and
+    its float16 tier (100/100). At oversample 4
+    the int8 tier's candidates differ more from Qdrant's float32 prefix: 92/100 queries agree with
+    the full-range int8 default (98/100 with the 7-bit file before it), recall 0.881 for both
+    (0.895); the float16 tier rounds far less and agrees on 99/100 (100/100). The thresholds
     leave room for a near-tie or two across BLAS builds. They fail for a wrong prefetch: one on
     dims 1..128 of the query instead of 0..127 gave recall 0.19 and 0/100 agreeing at both
     settings, and the 64-d vector agrees with the 128-d float16 tier on 11/100 (the last assert).
@@ -148,7 +150,7 @@ def test_default_setting_recall_and_agreement_with_index(default_index: Index, c
     low = qdrant_search(client, "docs", qv, 10, shortlist_dim=128, oversample=4)
     ours_int8 = default_index.search(qv, 10, shortlist_dim=128, oversample=4)
     ours_f16 = default_index.search(qv, 10, shortlist_dim=128, shortlist_precision="float16", oversample=4)
-    assert agreement(low.ids, ours_int8.ids) >= 0.95
+    assert agreement(low.ids, ours_int8.ids) >= 0.9
     assert agreement(low.ids, ours_f16.ids) >= 0.98
     assert abs(recall(low.positions, exact.positions) - recall(ours_int8.positions, exact.positions)) < 0.01
     # the defaults are the index's: its default tier's dim (128) and its oversample (32)
