@@ -125,10 +125,15 @@ def group_related(pairs: list[tuple[str, str, str]], banned: set[str]) -> list[l
 # --------------------------------------------------------------------------- losses
 
 
-def make_distill_loss(model: Any, kind: str, tau: float, anchor_weight: float = 0.0) -> Any:
+def make_distill_loss(
+    model: Any, kind: str, tau: float, anchor_weight: float = 0.0, rotation: Any = None
+) -> Any:
     """In-batch similarity distillation; labels are ``(teacher embeddings [B, D],)``, normalized.
 
-    ``anchor_weight`` adds, at the full dim only, the mean ``1 - cos(student, teacher)``.
+    ``anchor_weight`` adds, at the full dim only, the mean ``1 - cos(student, teacher)``. ``rotation``
+    (an orthogonal ``[D, D]`` weight, or a callable returning it): the student's output is rotated by it,
+    so the anchor compares the student with the teacher rotated the same way, which leaves the rotation
+    free to choose which directions the first dims hold (the full dim's cosines do not change).
     """
     import torch
     import torch.nn.functional as F
@@ -152,7 +157,11 @@ def make_distill_loss(model: Any, kind: str, tau: float, anchor_weight: float = 
             anchor = 0.0
             if anchor_weight and emb.shape[-1] == teacher.shape[-1]:
                 # Full dim only: stay on the teacher's own vectors (1 - cosine), not only its geometry.
-                anchor = anchor_weight * (1.0 - (emb * teacher).sum(-1)).mean()
+                ref = teacher
+                if rotation is not None:
+                    r = rotation() if callable(rotation) else rotation
+                    ref = teacher @ r.T
+                anchor = anchor_weight * (1.0 - (emb * ref).sum(-1)).mean()
             if kind == "mse":
                 return ((sim - target)[off] ** 2).mean() + anchor
             s = (sim / tau).masked_fill(~off, -1e4)
@@ -161,6 +170,26 @@ def make_distill_loss(model: Any, kind: str, tau: float, anchor_weight: float = 
             return kl + anchor
 
     return SimilarityDistillLoss()
+
+
+def add_rotation(model: Any) -> tuple[Any, Any]:
+    """``model`` with a learned orthogonal ``[D, D]`` map (a bias-free Dense layer, identity at start)
+    between pooling and normalization; returns (new model, the Dense module).
+
+    A rotation leaves every full-dim cosine as it is, so the full dim keeps the base model's behaviour
+    exactly while the training chooses which directions the Matryoshka prefixes hold.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Normalize
+
+    mods = list(model._modules.values())
+    dim = model.get_sentence_embedding_dimension()
+    rot = Dense(dim, dim, bias=False, activation_function=torch.nn.Identity(), init_weight=torch.eye(dim))
+    torch.nn.utils.parametrizations.orthogonal(rot.linear)
+    cut = next((i for i, m in enumerate(mods) if isinstance(m, Normalize)), len(mods))
+    rotated = SentenceTransformer(modules=[*mods[:cut], rot, *mods[cut:]], device="cpu")
+    return rotated, rot
 
 
 # --------------------------------------------------------------------------- teacher cache
@@ -285,6 +314,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     t_teacher = time.time() - t0
 
     model = SentenceTransformer(base, device="cpu")
+    rotation = None
+    if args.rotate:
+        model, rotation = add_rotation(model)
     orig_max_len = model.max_seq_length
     model.max_seq_length = args.max_seq_length
     dims = list(MATRYOSHKA_DIMS)
@@ -301,7 +333,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     task_loss = {
         "mnrl": wrap(losses.MultipleNegativesRankingLoss(model)),
         "cosent": wrap(losses.CoSENTLoss(model), cosent_weights),
-        "distill": wrap(make_distill_loss(model, args.distill_kind, args.distill_tau, args.anchor_weight)),
+        "distill": wrap(
+            make_distill_loss(
+                model,
+                args.distill_kind,
+                args.distill_tau,
+                args.anchor_weight,
+                (lambda: rotation.linear.weight) if rotation is not None else None,
+            )
+        ),
     }
     task_weight = {"mnrl": 1.0, "cosent": 1.0, "distill": args.distill_weight}
     task_bs = {"mnrl": args.batch_mnrl, "cosent": args.batch_cosent, "distill": args.batch_distill}
@@ -323,7 +363,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     plans = [batches_for_epoch() for _ in range(args.epochs)]
     total = sum(len(p) for p in plans)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    if rotation is not None:
+        rot_params = list(rotation.parameters())
+        rot_ids = {id(p) for p in rot_params}
+        groups = [
+            {"params": [p for p in model.parameters() if id(p) not in rot_ids]},
+            {"params": rot_params, "lr": args.rotate_lr, "weight_decay": 0.0},
+        ]
+        opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.01)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warm = max(1, int(0.1 * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
@@ -359,6 +408,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 msg = " ".join(f"{k}={np.mean(v[-50:]):.4f}" for k, v in running.items() if v)
                 print(f"step {step}/{total} {time.time() - t_train:.0f}s {msg}", flush=True)
     train_s = time.time() - t_train
+    if rotation is not None:  # save a plain Dense layer: the orthogonal weight, no parametrization
+        import torch.nn.utils.parametrize as parametrize
+
+        parametrize.remove_parametrizations(rotation.linear, "weight", leave_parametrized=True)
     model.eval()
     model.max_seq_length = orig_max_len
     model.save(str(out))
@@ -550,6 +603,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--subset", type=float, default=0.0, help="train on this fraction of each data set")
     ap.add_argument("--max-seq-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument(
+        "--rotate",
+        action="store_true",
+        help="learn an orthogonal map of the output before truncation (full-dim cosines unchanged)",
+    )
+    ap.add_argument("--rotate-lr", type=float, default=1e-3, help="learning rate of the --rotate map")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("TRAIN_THREADS", "2")))
     ap.add_argument("--cache", default=str(REPO / "artifacts" / "cache"))
     ap.add_argument("--no-eval", action="store_true")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pytest
 from mrl_export.train import group_related
 
 
@@ -73,3 +75,38 @@ def test_pool_sample_groups_is_seeded_capped_and_drops_banned() -> None:
     flat = [t for g in a for t in g]
     assert len(flat) == 10 and len(set(flat)) == 10 and "Banned Text" not in flat
     assert all(len(g) == 2 and g[0][:-2] == g[1][:-2] for g in a)  # whole groups, together
+
+
+def test_rotation_keeps_full_dim_cosines_and_saves_as_a_plain_dense_layer(tmp_path: Path) -> None:
+    """``--rotate``: identity at start (the base model's embeddings), orthogonal while trained (full-dim
+    cosines unchanged, prefixes changed), the anchor blind to it, and saved as an ordinary Dense layer."""
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("sentence_transformers")
+    import torch.nn.utils.parametrize as parametrize
+    from mrl_export.train import add_rotation, base_model_path, make_distill_loss
+
+    texts = ["a cat sits on the mat", "the market fell sharply today", "read the docs first"]
+    base = st.SentenceTransformer(base_model_path(), device="cpu")
+    e0 = base.encode(texts)
+    model, rot = add_rotation(st.SentenceTransformer(base_model_path(), device="cpu"))
+    assert [type(m).__name__ for m in model._modules.values()][-2:] == ["Dense", "Normalize"]
+    np.testing.assert_allclose(model.encode(texts), e0, atol=1e-6)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in rot.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    w = rot.linear.weight.detach()
+    np.testing.assert_allclose((w @ w.T).numpy(), np.eye(384), atol=1e-4)
+    e1 = model.encode(texts)
+    np.testing.assert_allclose(e1 @ e1.T, e0 @ e0.T, atol=1e-5)
+    assert np.abs(e1[:, :32] - e0[:, :32]).max() > 1e-2
+    feats = [model.tokenize(texts)]
+    teacher = (torch.from_numpy(e0),)
+    plain = make_distill_loss(base, "mse", 0.05, anchor_weight=1.0)([base.tokenize(texts)], teacher)
+    rotated = make_distill_loss(model, "mse", 0.05, anchor_weight=1.0, rotation=lambda: rot.linear.weight)
+    assert abs(float(rotated(feats, teacher)) - float(plain)) < 1e-5
+    parametrize.remove_parametrizations(rot.linear, "weight", leave_parametrized=True)
+    model.save(str(tmp_path / "m"))
+    np.testing.assert_allclose(
+        st.SentenceTransformer(str(tmp_path / "m"), device="cpu").encode(texts), e1, atol=1e-6
+    )
