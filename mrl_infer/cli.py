@@ -225,10 +225,11 @@ def format_info(model_dir: Path) -> str:
         "variants:",
     ]
     for name, v in m.variants.items():
-        path = model_dir / v.file
-        size = path.stat().st_size if path.exists() else None
+        files = [model_dir / f for f in (v.file, *v.external_data)]
+        size = sum(f.stat().st_size for f in files) if all(f.exists() for f in files) else None
+        data = f" + {', '.join(v.external_data)}" if v.external_data else ""
         lines.append(
-            f"  {name:<6} precision={v.precision} target={v.target} file={v.file} ({_human_size(size)})"
+            f"  {name:<6} precision={v.precision} target={v.target} file={v.file}{data} ({_human_size(size)})"
         )
         if v.precision == "int8":
             from mrl_infer._session import int8_kernel_here

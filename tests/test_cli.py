@@ -223,6 +223,19 @@ def test_info(minilm_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "MiB)" in out and "CPUExecutionProvider" in out
 
 
+def test_info_counts_external_data_in_the_variant_size(capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped default keeps its weights beside the graph: the size shown is graph + weights."""
+    from mrl_infer import load_manifest
+    from mrl_infer._hub import DEFAULT_MODEL_DIR as d
+
+    v = load_manifest(d).variants["int8"]
+    assert v.external_data
+    assert main(["info", str(d)]) == 0
+    out = capsys.readouterr().out
+    total = sum((d / f).stat().st_size for f in (v.file, *v.external_data)) / 2**20
+    assert f"file={v.file} + {', '.join(v.external_data)} ({total:.1f} MiB)" in out, out
+
+
 def test_info_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", str(tmp_path)]) == 2
     assert "mrl_infer.json" in capsys.readouterr().err
