@@ -211,10 +211,10 @@ class Embedder:
         self.max_seq_length: int = max_seq_length or manifest.max_seq_length
         self.dim: int = self._check_dim(dim)
         self._tokenizer = TextTokenizer(model_dir, manifest.tokenizer, self.max_seq_length)
-        path = model_dir / manifest.variants[variant_name].file
         chosen = manifest.variants[variant_name]
+        path = model_dir / chosen.file
         preopt = chosen.graph_optimization == "extended"
-        weight_range = (chosen.weight_range or "reduced") if chosen.precision == "int8" else None
+        weight_range = chosen.int8_weight_range
         if verify_enabled(verify):
             verify_variant(model_dir, chosen)
         try:

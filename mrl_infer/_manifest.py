@@ -59,6 +59,12 @@ class Variant:
     # as "reduced", what exports before this field wrote for their default avx2 target).
     weight_range: str | None = None
 
+    @property
+    def int8_weight_range(self) -> str | None:
+        """``weight_range`` of an int8 variant with the unrecorded case read as "reduced"; None for
+        float variants."""
+        return (self.weight_range or "reduced") if self.precision == "int8" else None
+
 
 #: Values of ``Variant.graph_optimization`` besides None.
 GRAPH_OPTIMIZATIONS = ("extended",)

@@ -231,10 +231,10 @@ def format_info(model_dir: Path) -> str:
         lines.append(
             f"  {name:<6} precision={v.precision} target={v.target} file={v.file}{data} ({_human_size(size)})"
         )
-        if v.precision == "int8":
+        wr = v.int8_weight_range
+        if wr is not None:
             from mrl_infer._session import int8_kernel_here
 
-            wr = v.weight_range or "reduced"
             lines.append(f"         int8 weights: {wr} range; on this CPU: {int8_kernel_here(wr)} kernel")
         if v.parity:
             lines += _parity_lines(v.parity)
